@@ -94,9 +94,9 @@ def _content_as_text(part: MIMEPart) -> str:
         # Unknown charset or broken transfer encoding: show what there is rather than fail.
         payload = part.get_payload(decode=True)
         content = payload if isinstance(payload, bytes) else b""
-    if isinstance(content, bytes):
-        return content.decode("utf-8", "replace")
-    return str(content)
+    text = content.decode("utf-8", "replace") if isinstance(content, bytes) else str(content)
+    # Wire line ends (CRLF) are transport detail; text readers expect "\n".
+    return text.replace("\r\n", "\n")
 
 
 class MessageStore:
