@@ -1,0 +1,57 @@
+"""``POST /v1/render/<name>``: render and compose without sending (a dry run)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quart import Blueprint, Response, current_app, request
+
+from notifier.compose import message_view
+from notifier.errors import BadRequestBody, UnsupportedMediaType
+from notifier.renderer import Renderer
+
+__all__ = ["read_json_object", "render"]
+
+render = Blueprint("render", __name__, url_prefix="/v1")
+
+
+async def read_json_object() -> dict[str, Any]:
+    """The request body as a JSON object: 415 unless JSON, 400 unless an object.
+
+    Quart enforces ``MAX_CONTENT_LENGTH`` while the body streams in (413), also for
+    chunked bodies that announce no length.
+    """
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"send the context as application/json, not {mimetype or 'no Content-Type'}"
+        )
+    raw = await request.get_data(as_text=False)
+    try:
+        context = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequestBody(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(context, dict):
+        raise BadRequestBody(f"the body must be a JSON object, not a JSON {type(context).__name__}")
+    return context
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+@render.post("/render/<name>")
+async def render_message(name: str) -> Response:
+    renderer: Renderer = current_app.extensions["notifier.renderer"]
+    context = await read_json_object()
+    composed = renderer.render(name, context)
+    if request.accept_mimetypes.best_match(("message/rfc822", "application/json")) == (
+        "application/json"
+    ):
+        view = message_view(composed.data)
+        view["envelope"] = {"from": composed.sender, "to": composed.recipients}
+        return Response(
+            json.dumps(view, ensure_ascii=False), content_type="application/json; charset=utf-8"
+        )
+    return Response(composed.data, content_type="message/rfc822")

@@ -1,0 +1,159 @@
+"""The ``notifier`` command: serve, capture, render, check.
+
+Every command reads ``NOTIFIER_SETTINGS`` and the ``NOTIFIER_*`` overrides; ``--settings``
+names the settings file explicitly. Errors are one readable line on stderr and a non-zero
+exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from notifier.errors import NotifierError
+from notifier.renderer import Renderer
+from notifier.settings import SETTINGS_ENV, Settings, load_settings
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.handler(args)
+    except NotifierError as exc:
+        print(f"notifier {args.command}: {exc.detail}", file=sys.stderr)
+        return 1 if args.command in ("render", "check") else 2
+    return result
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="notifier", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the HTTP API with hypercorn")
+    _add_settings_option(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.set_defaults(handler=_serve)
+
+    capture = commands.add_parser("capture", help="run the local SMTP capture server")
+    from notifier.capture import cli as capture_cli
+
+    capture_cli.add_arguments(capture)
+    capture.set_defaults(handler=capture_cli.run)
+
+    render = commands.add_parser("render", help="render a template and print the message")
+    _add_settings_option(render)
+    render.add_argument("name", help="template name")
+    render.add_argument(
+        "data",
+        nargs="?",
+        help="JSON file with the context ('-' for stdin; default: the template's example)",
+    )
+    render.set_defaults(handler=_render)
+
+    check = commands.add_parser("check", help="render every template with its example data")
+    _add_settings_option(check)
+    check.add_argument("--templates", type=Path, help="templates directory to check")
+    check.set_defaults(handler=_check)
+    return parser
+
+
+def _add_settings_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--settings", type=Path, help=f"settings file (default ${SETTINGS_ENV})")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.settings)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from hypercorn.config import Config
+    from hypercorn.run import run
+
+    # Validate now so a bad setting is one line here, not a traceback in each worker.
+    _settings(args)
+    if args.settings is not None:
+        # Workers build the app themselves (hypercorn imports the factory path below).
+        os.environ[SETTINGS_ENV] = str(args.settings.resolve())
+    if args.workers < 1:
+        print("notifier serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    config = Config()
+    config.application_path = "notifier.app:create_app()"
+    config.bind = [f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"]
+    # One worker runs in this process, so signals and exit codes are the service's own.
+    config.workers = 0 if args.workers == 1 else args.workers
+    config.accesslog = None
+    config.errorlog = "-"
+    return run(config)
+
+
+def _render(args: argparse.Namespace) -> int:
+    renderer = Renderer.from_settings(_settings(args))
+    context = _read_context(renderer, args.name, args.data)
+    composed = renderer.render(args.name, context)
+    sys.stdout.buffer.write(composed.data)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _read_context(renderer: Renderer, name: str, data: str | None) -> dict[str, Any]:
+    if data is None:
+        example = renderer.templates.example(name)
+        if example is None:
+            raise NotifierError(f"{name} has no example data; pass a JSON file")
+        return example
+    try:
+        text = sys.stdin.read() if data == "-" else Path(data).read_text(encoding="utf-8")
+        context = json.loads(text)
+    except OSError as exc:
+        raise NotifierError(f"cannot read {data}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise NotifierError(f"{data} is not valid JSON: {exc}") from None
+    if not isinstance(context, dict):
+        raise NotifierError(f"{data} must hold a JSON object")
+    return context
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.templates is not None:
+        settings = settings.model_copy(
+            update={"templates": settings.templates.model_copy(update={"dir": args.templates})}
+        )
+    renderer = Renderer.from_settings(settings)
+    names = renderer.templates.names()
+    if not names:
+        print(f"no templates in {settings.templates.dir}", file=sys.stderr)
+        return 1
+    failures = 0
+    for name in names:
+        outcome = _check_one(renderer, name)
+        failed = not outcome.startswith(("ok", "compiles"))
+        failures += failed
+        print(f"{'FAIL' if failed else 'ok  '}  {name}: {outcome}")
+    print(f"{len(names) - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+def _check_one(renderer: Renderer, name: str) -> str:
+    info = renderer.templates.info(name)
+    if info.error is not None:
+        return info.error
+    try:
+        example = renderer.templates.example(name)
+        if example is None:
+            return "compiles (no example data to render)"
+        composed = renderer.render(name, example)
+    except NotifierError as exc:
+        return exc.detail
+    return f"ok ({len(composed.data)} bytes, {len(composed.recipients)} recipient(s))"

@@ -1,0 +1,192 @@
+"""Settings: ``settings.yml`` (or ``NOTIFIER_SETTINGS``) plus ``NOTIFIER_*`` overrides.
+
+Precedence, lowest first: the defaults embedded in :class:`Settings`, the YAML file,
+then ``NOTIFIER_<SECTION>__<KEY>`` environment variables. An override whose value parses
+as JSON is taken as JSON (``NOTIFIER_SMTP__PORT=2525`` is an int), anything else as a
+string. Unknown keys and wrong types raise :class:`~notifier.errors.SettingsError` with a
+one-line message naming the key, so start-up stops before anything is served.
+
+Relative paths (templates dir, outbox path, CA file) resolve against the folder of the
+settings file; with no file they resolve against the working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from notifier.errors import SettingsError
+
+__all__ = [
+    "ENV_PREFIX",
+    "SETTINGS_ENV",
+    "DefaultsSettings",
+    "LimitsSettings",
+    "OutboxSettings",
+    "Settings",
+    "SmtpSettings",
+    "TemplatesSettings",
+    "load_settings",
+]
+
+#: Environment variable naming the settings file.
+SETTINGS_ENV = "NOTIFIER_SETTINGS"
+#: Prefix of single-value overrides: ``NOTIFIER_<SECTION>__<KEY>``.
+ENV_PREFIX = "NOTIFIER_"
+#: The file used when ``NOTIFIER_SETTINGS`` is unset and it exists in the working dir.
+DEFAULT_SETTINGS_FILE = "settings.yml"
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos or stale settings: refuse them instead of ignoring them.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class TemplatesSettings(_Section):
+    dir: Path = Path("templates")
+
+
+class SmtpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(1025, ge=1, le=65535)
+    tls: Literal["none", "starttls", "tls"] = "none"
+    verify: bool = True
+    ca_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    #: Seconds allowed for one whole delivery (connect, EHLO, MAIL, RCPT, DATA).
+    timeout: float = Field(30.0, gt=0)
+
+
+class DefaultsSettings(_Section):
+    from_: str | None = Field(None, alias="from")
+
+
+class OutboxSettings(_Section):
+    path: Path = Path("var/outbox.sqlite3")
+
+
+class LimitsSettings(_Section):
+    #: Largest accepted request body, in bytes; larger bodies get 413.
+    max_body_bytes: int = Field(1024 * 1024, ge=1)
+
+
+class Settings(_Section):
+    """Every setting notifier reads, with its default."""
+
+    templates: TemplatesSettings = TemplatesSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    defaults: DefaultsSettings = DefaultsSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    limits: LimitsSettings = LimitsSettings()
+    subscribers: list[str] = Field(default_factory=lambda: ["smtp", "log"])
+    message_id_domain: str = Field("localhost", min_length=1, pattern=r"^[A-Za-z0-9.-]+$")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, base_dir: Path | None = None) -> Settings:
+        """Validate ``data`` and resolve relative paths against ``base_dir``."""
+        try:
+            settings = cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise SettingsError(_describe_validation_error(exc)) from None
+        return settings.resolve_paths(base_dir or Path.cwd())
+
+    def resolve_paths(self, base_dir: Path) -> Settings:
+        """Return a copy whose relative paths are anchored at ``base_dir``."""
+
+        def anchored(path: Path) -> Path:
+            return path if path.is_absolute() else (base_dir / path)
+
+        smtp = self.smtp
+        if smtp.ca_file is not None:
+            smtp = smtp.model_copy(update={"ca_file": anchored(smtp.ca_file)})
+        return self.model_copy(
+            update={
+                "templates": self.templates.model_copy(
+                    update={"dir": anchored(self.templates.dir)}
+                ),
+                "outbox": self.outbox.model_copy(update={"path": anchored(self.outbox.path)}),
+                "smtp": smtp,
+            }
+        )
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load settings from ``path`` (else ``$NOTIFIER_SETTINGS``, else ``./settings.yml``
+    when it exists, else the embedded defaults) and apply ``NOTIFIER_*`` overrides."""
+    env = os.environ if environ is None else environ
+    chosen = path if path is not None else env.get(SETTINGS_ENV)
+    if chosen is None and Path(DEFAULT_SETTINGS_FILE).is_file():
+        chosen = DEFAULT_SETTINGS_FILE
+    data: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if chosen is not None:
+        settings_file = Path(chosen)
+        data = _read_yaml(settings_file)
+        base_dir = settings_file.resolve().parent
+    _apply_overrides(data, env)
+    return Settings.from_mapping(data, base_dir=base_dir)
+
+
+def _read_yaml(settings_file: Path) -> dict[str, Any]:
+    try:
+        text = settings_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read settings file {settings_file}: {exc.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise SettingsError(f"settings file {settings_file}{line} is not valid YAML") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"settings file {settings_file} must hold a mapping at the top level")
+    return loaded
+
+
+def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for variable in sorted(env):
+        if not variable.startswith(ENV_PREFIX) or variable == SETTINGS_ENV:
+            continue
+        keys = variable[len(ENV_PREFIX) :].lower().split("__")
+        if not all(keys):
+            raise SettingsError(f"{variable}: malformed override name")
+        target = data
+        for key in keys[:-1]:
+            section = target.setdefault(key, {})
+            if not isinstance(section, dict):
+                raise SettingsError(f"{variable}: {key} is not a section")
+            target = section
+        target[keys[-1]] = _parse_override(env[variable])
+
+
+def _parse_override(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or "settings"
+    if error["type"] == "extra_forbidden":
+        return f"settings: unknown key {key!r}"
+    value = error.get("input")
+    shown = "" if isinstance(value, Mapping) else f" (got {value!r})"
+    if "password" in key:
+        shown = ""  # never echo a secret, even a malformed one
+    more = f"; {exc.error_count() - 1} more error(s)" if exc.error_count() > 1 else ""
+    return f"settings: {key}: {error['msg']}{shown}{more}"

@@ -1,0 +1,312 @@
+"""The Jinja environment: template discovery, sandboxed rendering and hot reload.
+
+A template ``<name>`` is the file ``<name>.j2`` in the templates directory: an RFC 5322
+header block, a blank line, then the plain-text body. ``<name>.html.j2`` (optional) is an
+HTML body rendered with autoescaping; ``<name>.example.json`` (optional) holds sample data.
+
+Rendering marks every interpolated value (``{{ ... }}``) in the text template with
+Unicode noncharacters: :data:`VALUE_START` and :data:`VALUE_END` around it, and line
+breaks inside it replaced by :data:`CR_MARK` / :data:`LF_MARK`. The markers let
+:mod:`notifier.compose` tell the template's own structure (header lines, the blank line,
+commas between addresses) from request data, which is how header injection and added
+recipients are refused without guessing. Noncharacters are reserved by Unicode for
+exactly this kind of internal use, so request data containing them is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
+
+from notifier.errors import MissingVariable, TemplateError, UnknownTemplate
+
+__all__ = [
+    "CR_MARK",
+    "LF_MARK",
+    "NAME_PATTERN",
+    "VALUE_END",
+    "VALUE_START",
+    "RenderedTemplate",
+    "TemplateInfo",
+    "TemplateStore",
+    "strip_marks",
+]
+
+#: Valid template names (pinned): no dots, slashes or backslashes.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+VALUE_START = "\ufdd0"
+VALUE_END = "\ufdd1"
+CR_MARK = "\ufdd2"
+LF_MARK = "\ufdd3"
+_NONCHARACTER = re.compile("[\ufdd0-\ufdef]")
+_UNMARK = str.maketrans({VALUE_START: None, VALUE_END: None, CR_MARK: "\r", LF_MARK: "\n"})
+
+TEXT_SUFFIX = ".j2"
+HTML_SUFFIX = ".html.j2"
+EXAMPLE_SUFFIX = ".example.json"
+
+
+def strip_marks(text: str) -> str:
+    """Remove value markers and restore the line breaks they stood for."""
+    return text.translate(_UNMARK)
+
+
+def _mark_value(value: Any) -> Any:
+    """Jinja ``finalize`` hook: wrap each interpolated value in markers (see module doc).
+
+    Runs once per ``{{ ... }}``: keep the common case (short ASCII text) to a few
+    cheap checks.
+    """
+    if isinstance(value, Markup):
+        # Already-safe HTML must stay Markup or autoescaping would escape it twice.
+        return Markup(VALUE_START) + value + Markup(VALUE_END)
+    text = value if type(value) is str else str(value)
+    if not text.isascii() or "\n" in text or "\r" in text:
+        if _NONCHARACTER.search(text) is not None:
+            raise TemplateError(
+                "a request value contains a Unicode noncharacter (U+FDD0..U+FDEF)",
+                title="Invalid request value",
+            )
+        text = text.replace("\r", CR_MARK).replace("\n", LF_MARK)
+    return f"{VALUE_START}{text}{VALUE_END}"
+
+
+class _MissingVariableUndefined(jinja2.StrictUndefined):
+    """StrictUndefined that raises :class:`MissingVariable` naming the variable."""
+
+    __slots__ = ()
+
+    def _fail_with_undefined_error(self, *args: Any, **kwargs: Any) -> NoReturn:
+        if self._undefined_exception is not jinja2.UndefinedError:
+            # The sandbox reports unsafe attribute access through Undefined too.
+            super()._fail_with_undefined_error(*args, **kwargs)
+        name = str(self._undefined_name)
+        if self._undefined_obj is jinja2.utils.missing:
+            detail = f"the template uses {name!r} but the request does not provide it"
+        else:
+            owner = type(self._undefined_obj).__name__
+            detail = f"the template uses {name!r} of a {owner} value that has no such key"
+        raise MissingVariable(detail, variable=name)
+
+
+# StrictUndefined binds its dunder methods to the base class's function at class creation,
+# so overriding the method alone would not reach str(), iteration, comparison and so on.
+for _attribute, _value in list(vars(jinja2.Undefined).items()) + list(
+    vars(jinja2.StrictUndefined).items()
+):
+    if _value is jinja2.Undefined._fail_with_undefined_error:
+        setattr(
+            _MissingVariableUndefined,
+            _attribute,
+            _MissingVariableUndefined._fail_with_undefined_error,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedTemplate:
+    """The output of one render: ``text`` still carries value markers, ``html`` does not."""
+
+    name: str
+    text: str
+    html: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateInfo:
+    """What ``GET /v1/templates`` and ``notifier check`` report about one template."""
+
+    name: str
+    has_html: bool
+    has_example: bool
+    error: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "html": self.has_html,
+            "example": self.has_example,
+            "valid": self.error is None,
+            "error": self.error,
+        }
+
+
+class TemplateStore:
+    """One sandboxed Jinja environment over a templates directory.
+
+    Compiled templates are cached; with ``auto_reload`` Jinja compares each cached
+    template's file modification time on use, so an edited file is recompiled on the next
+    render without a restart, and a broken edit only affects renders of that template.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.directory = directory
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._listing_stamp = -1
+        self._html_names: set[str] = set()
+        self._date_second = -1
+        self._date_text = ""
+        self.environment = ImmutableSandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(directory, encoding="utf-8"),
+            undefined=_MissingVariableUndefined,
+            autoescape=jinja2.select_autoescape(
+                enabled_extensions=("html.j2",), default_for_string=False, default=False
+            ),
+            auto_reload=True,
+            finalize=_mark_value,
+            keep_trailing_newline=False,
+        )
+
+    # -- discovery -----------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Names of the templates on disk now, sorted."""
+        try:
+            entries = list(self.directory.iterdir())
+        except OSError:
+            return []
+        found = []
+        for entry in entries:
+            stem = entry.name.removesuffix(TEXT_SUFFIX)
+            if stem != entry.name and NAME_PATTERN.fullmatch(stem) and entry.is_file():
+                found.append(stem)
+        return sorted(found)
+
+    def exists(self, name: str) -> bool:
+        return NAME_PATTERN.fullmatch(name) is not None and self._path(name, TEXT_SUFFIX).is_file()
+
+    def info(self, name: str) -> TemplateInfo:
+        """Describe ``name``, compiling its files to report a syntax error if any."""
+        error = None
+        try:
+            self._load(name, TEXT_SUFFIX)
+            if self._path(name, HTML_SUFFIX).is_file():
+                self._load(name, HTML_SUFFIX)
+        except (TemplateError, UnknownTemplate) as exc:
+            error = exc.detail
+        return TemplateInfo(
+            name=name,
+            has_html=self._path(name, HTML_SUFFIX).is_file(),
+            has_example=self._path(name, EXAMPLE_SUFFIX).is_file(),
+            error=error,
+        )
+
+    def example(self, name: str) -> dict[str, Any] | None:
+        """The sample data of ``name``, or None when it has no example file."""
+        self._check_name(name)
+        path = self._path(name, EXAMPLE_SUFFIX)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise TemplateError(f"{path.name} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise TemplateError(f"{path.name} must hold a JSON object")
+        return data
+
+    # -- rendering -----------------------------------------------------------------
+
+    def render(self, name: str, context: Mapping[str, Any]) -> RenderedTemplate:
+        """Render ``name`` with ``context``.
+
+        Raises :class:`UnknownTemplate` (404) for a name that is not a template, and
+        :class:`TemplateError` / :class:`MissingVariable` (422) for a broken template or
+        a variable the context lacks. ``date`` defaults to the current time (RFC 5322).
+        """
+        text_template = self._load(name, TEXT_SUFFIX)
+        html_template = self._load(name, HTML_SUFFIX) if self._has_html(name) else None
+        if "date" not in context:
+            context = {**context, "date": self._current_date()}
+        text = self._run(text_template, context)
+        html = None if html_template is None else strip_marks(self._run(html_template, context))
+        return RenderedTemplate(name=name, text=text, html=html)
+
+    def _run(self, template: jinja2.Template, context: Mapping[str, Any]) -> str:
+        try:
+            return template.render(context)
+        except (MissingVariable, TemplateError):
+            raise
+        except SecurityError as exc:
+            raise TemplateError(
+                f"{template.name}: the sandbox refused an unsafe operation: {exc}",
+                title="Template refused by the sandbox",
+            ) from None
+        except Exception as exc:
+            # A template is operator-written code; its runtime errors are template errors
+            # (422), reported by type and message only, never with a traceback.
+            raise TemplateError(
+                f"{template.name}: rendering failed: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def _load(self, name: str, suffix: str) -> jinja2.Template:
+        self._check_name(name)
+        try:
+            return self.environment.get_template(name + suffix)
+        except jinja2.TemplateNotFound:
+            raise UnknownTemplate(f"no template named {name!r}", template=name) from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(
+                f"{name}{suffix} line {exc.lineno}: {exc.message}",
+                title="Template syntax error",
+                template=name,
+                line=exc.lineno,
+            ) from None
+        except UnicodeDecodeError:
+            raise TemplateError(f"{name}{suffix} is not valid UTF-8", template=name) from None
+
+    def _has_html(self, name: str) -> bool:
+        # Asking the file system for <name>.html.j2 on every render costs more than the
+        # render itself; the directory's mtime changes whenever a file is added, removed
+        # or replaced by rename, so the listing is cached against it.
+        try:
+            stamp = os.stat(self.directory).st_mtime_ns
+        except OSError:
+            return False
+        if stamp != self._listing_stamp:
+            try:
+                self._html_names = {
+                    entry.name.removesuffix(HTML_SUFFIX)
+                    for entry in os.scandir(self.directory)
+                    if entry.name.endswith(HTML_SUFFIX)
+                }
+            except OSError:
+                return False
+            self._listing_stamp = stamp
+        return name in self._html_names
+
+    def _current_date(self) -> str:
+        # Formatting a date costs a few microseconds; one string per second is enough.
+        now = self._clock()
+        second = int(now.timestamp())
+        if second != self._date_second:
+            self._date_text = format_datetime(now.replace(microsecond=0))
+            self._date_second = second
+        return self._date_text
+
+    def _check_name(self, name: str) -> None:
+        if NAME_PATTERN.fullmatch(name) is None:
+            # Dots, slashes, backslashes and encoded traversal never name a template.
+            raise UnknownTemplate("no template has this name", template=name[:200])
+
+    def _path(self, name: str, suffix: str) -> Path:
+        return self.directory / (name + suffix)
