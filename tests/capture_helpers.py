@@ -71,3 +71,9 @@ class RawSMTPClient:
         """Close the connection without QUIT."""
         self.file.close()
         self.sock.close()
+
+    def __enter__(self) -> RawSMTPClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

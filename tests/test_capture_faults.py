@@ -11,10 +11,10 @@ import aiosmtplib
 import httpx
 import pytest
 import trustme
-from capture_helpers import burger_receipt
 
 from notifier.capture import BackgroundCaptureServer, InvalidFault
 from notifier.capture.faults import parse_rule_spec
+from tests.capture_helpers import burger_receipt
 
 
 async def send(server, *recipients: str, timeout: float = 10, **options) -> tuple[dict, str]:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from capture_helpers import burger_receipt
 from quart import Quart
 
 from notifier.capture import BackgroundCaptureServer, FaultRules, MessageStore
 from notifier.capture.web import create_capture_app
+from tests.capture_helpers import burger_receipt
 
 PROBLEM = "application/problem+json"
 

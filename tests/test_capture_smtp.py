@@ -9,9 +9,9 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from capture_helpers import burger_receipt
 
 from notifier.capture import BackgroundCaptureServer, MessageStore, WaitTimeout
+from tests.capture_helpers import burger_receipt
 
 
 def test_smtplib_message_arrives_byte_for_byte_with_envelope(smtp_capture):

@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT, then stop cleanly; returns the exit code."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # aiosmtpd logs every SMTP command at INFO; one line per captured message is enough.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     faults = FaultRules()
     try:
         for spec in args.fault:

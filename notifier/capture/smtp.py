@@ -85,6 +85,13 @@ class CaptureHandler:
         write.add_done_callback(self.pending_writes.discard)
         # Shielded: a client hanging up now must not abandon a half-done write.
         stored = await asyncio.shield(write)
+        log.info(
+            "captured %s from <%s> to %s (%d bytes)",
+            stored.id,
+            stored.envelope_from,
+            ", ".join(f"<{address}>" for address in stored.envelope_to),
+            len(stored.data),
+        )
         return f"250 2.0.0 OK: queued as {stored.id}"
 
 
