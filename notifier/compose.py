@@ -174,10 +174,16 @@ def message_view(data: bytes) -> dict[str, Any]:
         text_part = html_part if message.get_content_maintype() == "text" else None
     return {
         "headers": {name: str(value) for name, value in message.items()},
-        "text": text_part.get_content() if text_part is not None else "",
-        "html": html_part.get_content() if html_part is not None else None,
+        "text": _part_text(text_part) if text_part is not None else "",
+        "html": _part_text(html_part) if html_part is not None else None,
         "raw": data.decode("ascii"),
     }
+
+
+def _part_text(part: EmailMessage) -> str:
+    # The parser keeps the wire's CRLF inside 7bit bodies; readers want plain "\n".
+    text: str = part.get_content()
+    return text.replace("\r\n", "\n")
 
 
 # -- parsing the rendered header block ---------------------------------------------------
@@ -296,7 +302,17 @@ def _simple_address(match: re.Match[str]) -> Mailbox:
 
 
 def _parse_addresses_fully(header: _Header) -> list[Mailbox]:
-    parsed = _PARSE_POLICY.header_factory(header.name, header.value)
+    try:
+        parsed = _PARSE_POLICY.header_factory(header.name, header.value)
+    except (IndexError, ValueError, TypeError, AttributeError):
+        # The email package's address parser raises on some malformed input (for
+        # instance "bob@") instead of recording a defect.
+        raise InvalidAddress(
+            f"{header.name} is not a valid address list", header=header.name
+        ) from None
+    # A value that adds recipients also makes the list malformed more often than not;
+    # naming the added recipients is the more useful error.
+    _refuse_added_recipients(header, len(parsed.addresses))
     if parsed.defects:
         raise InvalidAddress(
             f"{header.name} is not a valid address list: {parsed.defects[0]}",
@@ -324,7 +340,6 @@ def _parse_addresses_fully(header: _Header) -> list[Mailbox]:
                 ) from None
         checked = Address(address.display_name, address.username, domain)
         addresses.append((checked.display_name, checked.addr_spec))
-    _refuse_added_recipients(header, len(addresses))
     return addresses
 
 

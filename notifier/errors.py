@@ -31,9 +31,11 @@ class NotifierError(Exception):
     slug: str = "internal-error"
     title: str = "Internal error"
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(self, detail: str, *, title: str | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
+        if title is not None:
+            self.title = title
         #: Extra members for the problem body (for instance ``variable``).
         self.extra = extra
 

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -82,6 +82,13 @@ def _mark_value(value: Any) -> Any:
             )
         text = text.replace("\r", CR_MARK).replace("\n", LF_MARK)
     return f"{VALUE_START}{text}{VALUE_END}"
+
+
+def _mailbox(addr_spec: Any, display_name: Any = "") -> str:
+    """Jinja filter ``{{ email | mailbox(name) }}``: one RFC 5322 mailbox, with the display
+    name quoted when it holds specials such as ``<`` or ``,``. Safer than writing
+    ``{{ name }} <{{ email }}>``, which breaks on such names (and is refused)."""
+    return formataddr((str(display_name), str(addr_spec)), charset="utf-8")
 
 
 class _MissingVariableUndefined(jinja2.StrictUndefined):
@@ -173,6 +180,7 @@ class TemplateStore:
             finalize=_mark_value,
             keep_trailing_newline=False,
         )
+        self.environment.filters["mailbox"] = _mailbox
 
     # -- discovery -----------------------------------------------------------------
 

@@ -1,0 +1,87 @@
+"""Start and stop real ``notifier serve`` processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+_RUNNING_ON = re.compile(rb"Running on http://(?P<host>[^ :]+):(?P<port>\d+)")
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class ServeProcess:
+    """A ``notifier serve`` child process; ``url`` is its base URL."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    output: list[bytes] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls, settings_file: Path, *extra_args: str, env: dict[str, str] | None = None
+    ) -> ServeProcess:
+        # --port 0 lets the kernel pick a free port; the server prints the one it bound,
+        # so there is no window in which another process could take it.
+        command = [sys.executable, "-m", "notifier", "serve", "--settings", str(settings_file)]
+        command += ["--host", "127.0.0.1", "--port", "0", *extra_args]
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+        child_env.update(env or {})
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env
+        )
+        assert process.stderr is not None
+        output: list[bytes] = []
+        deadline = time.monotonic() + START_TIMEOUT
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stderr, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                    continue
+                line = process.stderr.readline()
+                if not line:
+                    break
+                output.append(line)
+                match = _RUNNING_ON.search(line)
+                if match:
+                    url = f"http://{match['host'].decode()}:{match['port'].decode()}"
+                    served = cls(process=process, url=url, output=output)
+                    # Keep reading the log so a chatty server never blocks on a full pipe.
+                    threading.Thread(target=served._drain, daemon=True).start()
+                    return served
+        process.kill()
+        process.wait()
+        raise AssertionError(
+            "notifier serve did not start:\n" + b"".join(output).decode(errors="replace")
+        )
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for line in iter(self.process.stderr.readline, b""):
+            self.output.append(line)
+
+    def log_text(self) -> str:
+        return b"".join(self.output).decode(errors="replace")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10.0)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
