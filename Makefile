@@ -5,8 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# The local capture server that `make run` starts next to the service (inbox on HTTP).
+CAPTURE_SMTP_PORT ?= 1025
+CAPTURE_HTTP_PORT ?= 8025
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest chromium bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "notifier needs Python 3.11 or newer")'
@@ -15,7 +18,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
 
+# The capture server runs in the background for as long as the service does: the trap
+# stops it (SIGTERM, it finishes storing what it received) when serve ends or on Ctrl-C.
 run: $(STAMP)
+	@$(BIN)/python -m notifier.capture --smtp-host $(HOST) --smtp-port $(CAPTURE_SMTP_PORT) \
+		--http-host $(HOST) --http-port $(CAPTURE_HTTP_PORT) --dir var/capture & \
+	capture=$$!; \
+	trap 'kill $$capture 2>/dev/null; wait $$capture 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/notifier serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
@@ -25,8 +34,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) chromium
 	$(BIN)/pytest
+
+# The inbox page is tested in Debian's headless Chromium; install it when it is missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+		else \
+			echo "make test needs Debian's chromium for the inbox browser test:" \
+				"run 'sudo apt-get install chromium' (or make test as root)" >&2; \
+			exit 1; \
+		fi; \
+	}
 
 test: lint typecheck pytest
 
