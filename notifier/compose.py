@@ -76,6 +76,11 @@ _SIMPLE_MAILBOX = re.compile(
     rf"(?:(?P<name>{_ATEXT}(?: {_ATEXT})*) <(?P<angle>{_DOT_ATOM}@{_DOMAIN})>"
     rf"|(?P<bare>{_DOT_ATOM}@{_DOMAIN}))"
 )
+# A domain is a host name (LDH labels; one label, like "localhost", is allowed) or an
+# address literal such as [192.0.2.1]; RFC 5322 atoms would also allow "=" or "?".
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_ADDRESS_LITERAL = re.compile(r"\[[0-9A-Fa-f:.]+\]|\[IPv6:[0-9A-Fa-f:.]+\]")
 _SIMPLE_ADDRESS_LIST = re.compile(r"[^\"()\\:;\[\]]*")  # no quotes, comments or groups
 
 
@@ -99,6 +104,9 @@ class _Header:
     key: str  # lower-case name
     value: str  # data markers removed
     marked: str  # as rendered, with data markers
+    #: False once an address header needed the email package's parser: then only the
+    #: email package may write it, since it normalises what it parsed.
+    fast_path_safe: bool = True
 
 
 def compose_message(
@@ -259,7 +267,9 @@ def _checked_value(header: _Header) -> str:
             f"a value in {header.name} contains a control or line separator character",
             header=header.name,
         )
-    if "=?" in value and _ENCODED_WORD.search(value) is not None:
+    if header.key not in ADDRESS_HEADERS and "=?" in value and _ENCODED_WORD.search(value):
+        # Address headers are left to the email package's parser, which decodes display
+        # names itself; decoding them here would lose their quoting.
         value = _decoded_encoded_words(header.name, value)
     return value
 
@@ -288,12 +298,13 @@ def _strip_data(marked: str) -> str:
 
 def _parse_addresses(header: _Header) -> list[Mailbox]:
     value = header.value
-    if _SIMPLE_ADDRESS_LIST.fullmatch(value):
+    if "=?" not in value and _SIMPLE_ADDRESS_LIST.fullmatch(value):
         parsed = [_SIMPLE_MAILBOX.fullmatch(part.strip()) for part in value.split(",")]
         if all(parsed):
             addresses = [_simple_address(match) for match in parsed if match]
             _refuse_added_recipients(header, len(addresses))
             return addresses
+    header.fast_path_safe = False
     return _parse_addresses_fully(header)
 
 
@@ -304,7 +315,15 @@ def _simple_address(match: re.Match[str]) -> Mailbox:
 def _parse_addresses_fully(header: _Header) -> list[Mailbox]:
     try:
         parsed = _PARSE_POLICY.header_factory(header.name, header.value)
-    except (IndexError, ValueError, TypeError, AttributeError):
+    except ValueError as exc:
+        if "CR or LF" in str(exc):  # an encoded-word in a display name hides a line break
+            raise HeaderInjection(
+                f"an encoded-word in {header.name} hides a line break", header=header.name
+            ) from None
+        raise InvalidAddress(
+            f"{header.name} is not a valid address list", header=header.name
+        ) from None
+    except (IndexError, TypeError, AttributeError):
         # The email package's address parser raises on some malformed input (for
         # instance "bob@") instead of recording a defect.
         raise InvalidAddress(
@@ -320,6 +339,10 @@ def _parse_addresses_fully(header: _Header) -> list[Mailbox]:
         )
     addresses: list[Mailbox] = []
     for address in parsed.addresses:
+        if _FORBIDDEN_IN_HEADER.search(address.display_name):
+            raise HeaderInjection(
+                f"a display name in {header.name} hides a control character", header=header.name
+            )
         if not address.username or not address.domain:
             raise InvalidAddress(
                 f"{header.name}: {str(address)!r} is not a complete address", header=header.name
@@ -335,9 +358,11 @@ def _parse_addresses_fully(header: _Header) -> list[Mailbox]:
             try:
                 domain = domain.encode("idna").decode("ascii")
             except UnicodeError:
-                raise InvalidAddress(
-                    f"{header.name}: {address.domain!r} is not a valid domain", header=header.name
-                ) from None
+                domain = ""
+        if _HOSTNAME.fullmatch(domain) is None and _ADDRESS_LITERAL.fullmatch(domain) is None:
+            raise InvalidAddress(
+                f"{header.name}: {address.domain!r} is not a valid domain", header=header.name
+            )
         checked = Address(address.display_name, address.username, domain)
         addresses.append((checked.display_name, checked.addr_spec))
     return addresses
@@ -431,7 +456,7 @@ def _fast_serialise(headers: list[_Header], body: str, subtype: str) -> bytes | 
         if header.key in _NOT_COPIED:
             continue
         line = f"{header.name}: {header.value}"
-        if len(line) > FOLD_COLUMN or not line.isascii():
+        if len(line) > FOLD_COLUMN or not line.isascii() or not header.fast_path_safe:
             return None
         out.append(line)
     if "\r" in body:

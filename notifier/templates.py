@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -85,10 +85,19 @@ def _mark_value(value: Any) -> Any:
 
 
 def _mailbox(addr_spec: Any, display_name: Any = "") -> str:
-    """Jinja filter ``{{ email | mailbox(name) }}``: one RFC 5322 mailbox, with the display
-    name quoted when it holds specials such as ``<`` or ``,``. Safer than writing
-    ``{{ name }} <{{ email }}>``, which breaks on such names (and is refused)."""
-    return formataddr((str(display_name), str(addr_spec)), charset="utf-8")
+    """Jinja filter ``{{ email | mailbox(name) }}``: one RFC 5322 mailbox, the display name
+    quoted when it is more than plain words (``Smith, Bob`` or ``Bob <b>`` say). Safer
+    than writing ``{{ name }} <{{ email }}>``, which such names break (and is refused).
+    Non-ASCII names stay as they are here; the serialiser encodes them (RFC 2047)."""
+    name, spec = str(display_name).strip(" \t"), str(addr_spec).strip(" \t")
+    if not name:
+        return spec
+    if _PLAIN_PHRASE.fullmatch(name) is None:
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{spec}>"
+
+
+_PLAIN_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 
 
 class _MissingVariableUndefined(jinja2.StrictUndefined):

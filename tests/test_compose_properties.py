@@ -1,0 +1,186 @@
+"""Property tests over Unicode subjects, display names and bodies, and the proof that the
+fast serialiser and the email package give messages that parse to the same content."""
+
+from __future__ import annotations
+
+import email
+import re
+from datetime import UTC, datetime
+from email import policy
+from email.header import decode_header, make_header
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+from notifier import compose
+from notifier.templates import TemplateStore
+
+FIXED_NOW = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
+TEMPLATE = (
+    "From: {{ sender | mailbox(sender_name) }}\n"
+    "To: {{ to }}\n"
+    "Subject: {{ subject }}\n"
+    "Content-Type: text/plain\n"
+    "\n"
+    "{{ body }}"
+)
+EXPECTED_HEADERS = {
+    "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type",
+    "Content-Transfer-Encoding",
+}
+
+# Text a header may legitimately hold: no control characters, no line or paragraph
+# separators, no noncharacters (those are refused with a 422, tested elsewhere).
+header_text = st.text(
+    st.characters(
+        codec="utf-8",
+        exclude_categories=("Cs", "Cc", "Zl", "Zp", "Co"),
+        exclude_characters="\ufeff" + "".join(map(chr, range(0xFDD0, 0xFDF0))),
+    ),
+    min_size=1,
+    max_size=300,
+)
+body_text = st.text(
+    st.characters(
+        codec="utf-8",
+        exclude_categories=("Cs",),
+        exclude_characters="".join(map(chr, range(0xFDD0, 0xFDF0))),
+    ),
+    max_size=3000,
+)
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+_WS = re.compile(r"[ \t]+")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> TemplateStore:
+    directory: Path = tmp_path_factory.mktemp("templates")
+    (directory / "prop.j2").write_text(TEMPLATE, encoding="utf-8")
+    return TemplateStore(directory, clock=lambda: FIXED_NOW)
+
+
+def compose_with(store: TemplateStore, context: dict[str, Any]) -> compose.ComposedMessage:
+    return compose.compose_message(
+        store.render("prop", context), message_id_domain="prop.example", clock=lambda: FIXED_NOW
+    )
+
+
+def parse(data: bytes) -> EmailMessage:
+    message = email.message_from_bytes(data, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def expected_body(text: str) -> str:
+    lines = re.split(r"\r\n|\r|\n", text)
+    if lines[-1] == "":
+        lines.pop()
+    return "".join(line + "\n" for line in lines) or "\n"
+
+
+def rfc2047_display_name(data: bytes) -> str:
+    """The From display name decoded by RFC 2047's rules.
+
+    Not ``policy.default``'s parser: it keeps the folding space between two adjacent
+    encoded-words inside a display name, which RFC 2047 section 6.2 says to drop, so a
+    long non-ASCII name written correctly would read back with a stray space.
+    """
+    raw = email.message_from_bytes(data, policy=policy.compat32)["From"]
+    unfolded = re.sub(r"\r?\n([ \t])", r"\1", str(raw))
+    decoded = str(make_header(decode_header(unfolded))).strip()
+    name, _, _ = decoded.rpartition(" <")
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = re.sub(r"\\(.)", r"\1", name[1:-1])
+    return name
+
+
+def assert_wire_safe(data: bytes) -> None:
+    assert data.isascii()
+    assert re.search(rb"\r(?!\n)|(?<!\r)\n", data) is None, "bare CR or LF"
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(subject=header_text, sender_name=header_text, body=body_text)
+@example(subject="x" * 300, sender_name="a" * 300, body="y" * 2000)
+@example(subject="=?", sender_name='"\\', body="\r\n\r")
+@example(subject="Ünïcödé 🍔", sender_name="Zoë, \"the\" <boss>", body="line\x00\x0b\x0cend")
+def test_any_unicode_round_trips_as_wire_safe_ascii(
+    store: TemplateStore, subject: str, sender_name: str, body: str
+) -> None:
+    assume(not _ENCODED_WORD.search(subject) and not _ENCODED_WORD.search(sender_name))
+    assume(subject.strip(" \t") and "\t" not in subject)
+    composed = compose_with(
+        store,
+        {"sender": "shop@example.com", "sender_name": sender_name, "to": "bob@example.com",
+         "subject": subject, "body": body},
+    )
+    assert_wire_safe(composed.data)
+    message = parse(composed.data)
+    assert set(message.keys()) == EXPECTED_HEADERS
+    # Folding may turn a run of spaces at a fold point into one; the words stay.
+    assert _WS.sub(" ", str(message["Subject"])) == _WS.sub(" ", subject.strip(" \t"))
+    assert rfc2047_display_name(composed.data) == sender_name.strip(" \t")
+    assert message["From"].addresses[0].addr_spec == "shop@example.com"
+    assert composed.recipients == ["bob@example.com"]
+    content: str = message.get_content()
+    assert content.replace("\r\n", "\n") == expected_body(body)
+
+
+ascii_header_text = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=90
+)
+ascii_body = st.lists(
+    st.sampled_from([*map(chr, range(0x20, 0x7F)), "\t", "\n", "\r\n", "\r"]), max_size=1500
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(subject=ascii_header_text, sender_name=ascii_header_text, body=ascii_body)
+@example(subject="Your Burger order", sender_name="Shop", body="Hello Bob,\n\n- Fries\n")
+@example(subject="a" * 70, sender_name="b", body="c" * 998 + "\n" + "d" * 80)
+def test_fast_path_and_email_package_agree(
+    store: TemplateStore, subject: str, sender_name: str, body: str
+) -> None:
+    assume(not _ENCODED_WORD.search(subject) and not _ENCODED_WORD.search(sender_name))
+    assume(subject.strip(" \t"))
+    rendered = store.render(
+        "prop",
+        {"sender": "shop@example.com", "sender_name": sender_name, "to": "bob@example.com",
+         "subject": subject, "body": body},
+    )
+    head, body_marked = compose._split_header_block(rendered.text)
+    headers = compose._parse_header_lines(head)
+    addresses = {h.key: compose._parse_addresses(h) for h in headers if h.key in compose.ADDRESS_HEADERS}
+    plain_body = compose._strip_data(body_marked).replace(compose.CR_MARK, "\r").replace(
+        compose.LF_MARK, "\n"
+    )
+    fast = compose._fast_serialise(headers, plain_body, "plain")
+    slow = compose._email_serialise(headers, addresses, plain_body, "plain", {}, None)
+    assert_wire_safe(slow)
+    if fast is None:
+        return  # the fast path declined (long line or control character): nothing to compare
+    assert_wire_safe(fast)
+    fast_message, slow_message = parse(fast), parse(slow)
+    assert list(fast_message.keys()) == list(slow_message.keys())
+    for name in fast_message.keys():
+        assert str(fast_message[name]) == str(slow_message[name]), name
+    fast_content: str = fast_message.get_content()
+    slow_content: str = slow_message.get_content()
+    assert fast_content.replace("\r\n", "\n") == slow_content.replace("\r\n", "\n")
+
+
+def test_fast_path_handles_the_burger_receipt() -> None:
+    root = Path(__file__).resolve().parent.parent
+    store = TemplateStore(root / "templates", clock=lambda: FIXED_NOW)
+    import json
+
+    context = json.loads((root / "templates" / "burger_receipt.example.json").read_text())
+    rendered = store.render("burger_receipt", context)
+    head, body_marked = compose._split_header_block(rendered.text)
+    headers = compose._parse_header_lines(head)
+    assert compose._fast_serialise(headers, compose._strip_data(body_marked), "plain") is not None
