@@ -82,7 +82,8 @@ def capture_process(directory: Path, *extra: str, timeout: float = 20) -> Iterat
         if process.poll() is None:
             process.kill()
             process.wait(10)
-        process.stdout.close() if process.stdout else None
+        if process.stdout is not None:
+            process.stdout.close()
         log.close()
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from notifier.capture import BackgroundCaptureServer, MessageStore, WaitTimeout
 from tests.capture_helpers import burger_receipt
@@ -153,3 +155,26 @@ def test_fixture_servers_get_their_own_free_ports(smtp_capture, smtp_capture_fac
     other = smtp_capture_factory()
     assert other.port != smtp_capture.port
     assert smtp_capture.host == other.host == "127.0.0.1"
+
+
+def test_any_crlf_framed_bytes_arrive_unchanged(tmp_path: Path):
+    # Property: whatever the octets (8-bit, leading dots, empty lines, NUL), a message of
+    # CRLF-terminated lines is stored exactly as the client meant it.
+    line = st.binary(max_size=200).map(lambda raw: raw.replace(b"\r", b"").replace(b"\n", b""))
+    lines = st.lists(st.one_of(line, st.sampled_from([b".", b"..", b".x", b""])), max_size=30)
+
+    with (
+        BackgroundCaptureServer(tmp_path) as server,
+        smtplib.SMTP(server.host, server.port, timeout=10) as client,
+    ):
+
+        @settings(max_examples=60, deadline=None)
+        @given(lines)
+        def round_trip(body_lines: list[bytes]) -> None:
+            server.clear()
+            data = b"Subject: property\r\n\r\n" + b"".join(part + b"\r\n" for part in body_lines)
+            client.sendmail("a@example.com", ["b@example.com"], data)
+            (captured,) = server.wait_for(1)
+            assert captured.data == data
+
+        round_trip()
