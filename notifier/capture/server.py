@@ -27,6 +27,7 @@ from hypercorn.config import Config as HypercornConfig
 from notifier.capture.faults import FaultRules
 from notifier.capture.smtp import DEFAULT_MAX_MESSAGE_SIZE, CaptureHandler, make_smtp_protocol
 from notifier.capture.store import CapturedMessage, MessageStore
+from notifier.capture.web import create_capture_app
 
 __all__ = ["BackgroundCaptureServer", "CaptureServer", "bind_socket"]
 
@@ -118,8 +119,6 @@ class CaptureServer:
 
     async def _start_http(self) -> None:
         assert self.http_socket is not None
-        from notifier.capture.web import create_capture_app
-
         app = create_capture_app(self.store, self.faults)
         config = HypercornConfig()
         # hypercorn owns and closes the socket it is given, so hand it a duplicate.

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from notifier.capture.faults import Fault, FaultRules, fault_from_address
+from notifier.capture.faults import Fault, FaultRules, Stage, fault_from_address
 from notifier.capture.store import CapturedMessage, MessageStore
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "CaptureHandler", "make_smtp_protocol"]
@@ -35,8 +35,9 @@ class CaptureHandler:
         #: Messages being written to disk; shutdown waits for them.
         self.pending_writes: set[asyncio.Future[CapturedMessage]] = set()
 
-    def _fault_for(self, address: str, stage: str) -> Fault | None:
-        fault = self.faults.take(address, "rcpt" if stage == "rcpt" else "data")
+    def _fault_for(self, address: str, stage: Stage) -> Fault | None:
+        # Rules first (they count down), then the address's own tag.
+        fault = self.faults.take(address, stage)
         if fault is None and self.address_faults:
             tagged = fault_from_address(address)
             if tagged is not None and tagged.stage == stage:
@@ -68,9 +69,9 @@ class CaptureHandler:
             if fault.kind == "reply":
                 return fault.reply(address)
             if fault.kind == "disconnect":
-                await _hang_up(server)
+                await _hang_up(server)  # never returns: the session ends here
             await asyncio.sleep(fault.delay)
-            break
+            break  # one delay per message, however many recipients ask for one
         assert isinstance(envelope.original_content, bytes)
         # fsync blocks; a worker thread keeps the other sessions moving meanwhile.
         write = asyncio.ensure_future(

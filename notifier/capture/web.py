@@ -83,6 +83,14 @@ def message_detail(message: CapturedMessage) -> dict[str, Any]:
     return detail
 
 
+class _BadQuery(NotifierError, ValueError):
+    """A query parameter has a value the endpoint cannot use."""
+
+    status = 400
+    slug = "invalid-query"
+    title = "Invalid query parameter"
+
+
 def _int_argument(name: str, default: int | None) -> int | None:
     raw = request.args.get(name)
     if raw is None:
@@ -94,12 +102,6 @@ def _int_argument(name: str, default: int | None) -> int | None:
     if value < 0:
         raise _BadQuery(f"{name} must be a whole number >= 0, not {raw!r}", parameter=name)
     return value
-
-
-class _BadQuery(NotifierError, ValueError):
-    status = 400
-    slug = "invalid-query"
-    title = "Invalid query parameter"
 
 
 def create_capture_app(store: MessageStore, faults: FaultRules) -> Quart:
