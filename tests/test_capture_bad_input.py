@@ -161,3 +161,18 @@ def test_garbage_commands_get_errors_not_a_crash(smtp_capture):
         assert client.command("HELO client.example").startswith("250")
         assert client.command("MAIL FROM:<a@example.com> XYZZY=1").startswith("501")
     assert smtp_capture.messages == []
+
+
+def test_a_store_that_cannot_write_answers_451_not_250(smtp_capture, caplog):
+    # The directory vanishing under the server is the simplest real "disk" failure.
+    directory = smtp_capture.store.directory
+    directory.rmdir()
+
+    with (
+        smtplib.SMTP(smtp_capture.host, smtp_capture.port, timeout=10) as client,
+        pytest.raises(smtplib.SMTPDataError) as failed,
+    ):
+        client.sendmail("a@example.com", ["bob@example.com"], burger_receipt())
+    assert failed.value.smtp_code == 451
+    assert smtp_capture.messages == []
+    assert "capture session failed" in caplog.text

@@ -95,6 +95,11 @@ class CaptureHandler:
         )
         return f"250 2.0.0 OK: queued as {stored.id}"
 
+    async def handle_exception(self, error: Exception) -> str:
+        """Answer 451 when storing fails (disk full...): the client keeps and retries it."""
+        log.exception("capture session failed", exc_info=error)
+        return f"451 4.3.0 Message not stored: {type(error).__name__}"
+
 
 def _reverse_path(mail_from: str | None) -> str:
     # aiosmtpd keeps the null sender as written ("<>"); store it as the empty address.
