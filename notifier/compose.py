@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from email import policy
 from email.header import decode_header, make_header
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
 from email.utils import format_datetime, getaddresses, parsedate_to_datetime
 from typing import Any
@@ -78,8 +78,10 @@ _SIMPLE_MAILBOX = re.compile(
 )
 # A domain is a host name (LDH labels; one label, like "localhost", is allowed) or an
 # address literal such as [192.0.2.1]; RFC 5322 atoms would also allow "=" or "?".
-_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 _ADDRESS_LITERAL = re.compile(r"\[[0-9A-Fa-f:.]+\]|\[IPv6:[0-9A-Fa-f:.]+\]")
 _SIMPLE_ADDRESS_LIST = re.compile(r"[^\"()\\:;\[\]]*")  # no quotes, comments or groups
 
@@ -188,7 +190,7 @@ def message_view(data: bytes) -> dict[str, Any]:
     }
 
 
-def _part_text(part: EmailMessage) -> str:
+def _part_text(part: MIMEPart) -> str:
     # The parser keeps the wire's CRLF inside 7bit bodies; readers want plain "\n".
     text: str = part.get_content()
     return text.replace("\r\n", "\n")
@@ -223,7 +225,9 @@ def _parse_header_lines(head: str) -> list[_Header]:
     plain_lines = _strip_data(head).split("\n")
     headers: list[_Header] = []
     seen: set[str] = set()
-    for number, (marked_line, plain_line) in enumerate(zip(marked_lines, plain_lines), 1):
+    for number, (marked_line, plain_line) in enumerate(
+        zip(marked_lines, plain_lines, strict=True), 1
+    ):
         if marked_line[0] in " \t":
             if not headers:
                 raise TemplateError(f"header line {number} is a continuation of nothing")
@@ -349,8 +353,7 @@ def _parse_addresses_fully(header: _Header) -> list[Mailbox]:
             )
         if not address.username.isascii():
             raise InvalidAddress(
-                f"{header.name}: non-ASCII local parts need SMTPUTF8, which notifier does "
-                "not send",
+                f"{header.name}: non-ASCII local parts need SMTPUTF8, which notifier does not send",
                 header=header.name,
             )
         domain = address.domain

@@ -71,8 +71,9 @@ def _mark_value(value: Any) -> Any:
     cheap checks.
     """
     if isinstance(value, Markup):
-        # Already-safe HTML must stay Markup or autoescaping would escape it twice.
-        return Markup(VALUE_START) + value + Markup(VALUE_END)
+        # Already-safe HTML must stay Markup or autoescaping would escape it twice; the
+        # markers are constant noncharacters, so wrapping them as Markup is safe.
+        return Markup(VALUE_START) + value + Markup(VALUE_END)  # noqa: S704
     text = value if type(value) is str else str(value)
     if not text.isascii() or "\n" in text or "\r" in text:
         if _NONCHARACTER.search(text) is not None:

@@ -26,6 +26,7 @@ class ServeProcess:
     process: subprocess.Popen[bytes]
     url: str
     output: list[bytes] = field(default_factory=list)
+    _drainer: threading.Thread | None = None
 
     @classmethod
     def start(
@@ -57,10 +58,12 @@ class ServeProcess:
                     url = f"http://{match['host'].decode()}:{match['port'].decode()}"
                     served = cls(process=process, url=url, output=output)
                     # Keep reading the log so a chatty server never blocks on a full pipe.
-                    threading.Thread(target=served._drain, daemon=True).start()
+                    served._drainer = threading.Thread(target=served._drain, daemon=True)
+                    served._drainer.start()
                     return served
         process.kill()
         process.wait()
+        process.stderr.close()
         raise AssertionError(
             "notifier serve did not start:\n" + b"".join(output).decode(errors="replace")
         )
@@ -84,4 +87,8 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self._drainer is not None:
+            self._drainer.join(timeout=5)
+        if self.process.stderr is not None and not self.process.stderr.closed:
+            self.process.stderr.close()
         return self.process.returncode

@@ -148,8 +148,16 @@ async def test_odd_characters_in_the_body_stay_in_the_body(
     assert response.status_code == 200
     message = email.message_from_bytes(await response.get_data(), policy=policy.default)
     assert sorted(message.keys()) == sorted(
-        ["Date", "From", "Subject", "To", "Message-ID", "MIME-Version", "Content-Type",
-         "Content-Transfer-Encoding"]
+        [
+            "Date",
+            "From",
+            "Subject",
+            "To",
+            "Message-ID",
+            "MIME-Version",
+            "Content-Type",
+            "Content-Transfer-Encoding",
+        ]
     )
     assert "Bcc" not in message
     assert message["To"] == "bob@example.com"

@@ -73,9 +73,7 @@ async def test_json_view_agrees_with_the_bytes(
     assert view["envelope"] == {"from": "shopping@example-shop.com", "to": ["bob@example.com"]}
 
 
-async def test_a_given_date_is_kept(
-    client: QuartClient, burger_order: dict[str, Any]
-) -> None:
+async def test_a_given_date_is_kept(client: QuartClient, burger_order: dict[str, Any]) -> None:
     burger_order["date"] = "Tue, 24 Nov 2026 09:30:00 +0100"
     response = await client.post("/v1/render/burger_receipt", json=burger_order)
     assert parse(await response.get_data())["Date"] == "Tue, 24 Nov 2026 09:30:00 +0100"
@@ -131,7 +129,9 @@ async def test_broken_template_is_listed_as_invalid_and_others_still_render(
     client: QuartClient, templates_dir: Path, burger_order: dict[str, Any]
 ) -> None:
     (templates_dir / "broken.j2").write_text("Subject: {{ oops\n\nbody\n")
-    listed = {e["name"]: e for e in (await (await client.get("/v1/templates")).get_json())["templates"]}
+    listed = {
+        e["name"]: e for e in (await (await client.get("/v1/templates")).get_json())["templates"]
+    }
     assert listed["broken"]["valid"] is False
     assert listed["broken"]["error"].startswith("broken.j2 line 3:")
     response = await client.post("/v1/render/burger_receipt", json=burger_order)
@@ -162,10 +162,14 @@ async def test_edited_template_is_used_by_the_next_render(
 async def test_new_html_part_is_picked_up_without_restart(
     client: QuartClient, templates_dir: Path, burger_order: dict[str, Any]
 ) -> None:
-    before = parse(await (await client.post("/v1/render/burger_receipt", json=burger_order)).get_data())
+    before = parse(
+        await (await client.post("/v1/render/burger_receipt", json=burger_order)).get_data()
+    )
     assert before.get_content_type() == "text/plain"
     (templates_dir / "burger_receipt.html.j2").write_text("<p>Hello {{ name }}</p>")
-    after = parse(await (await client.post("/v1/render/burger_receipt", json=burger_order)).get_data())
+    after = parse(
+        await (await client.post("/v1/render/burger_receipt", json=burger_order)).get_data()
+    )
     assert after.get_content_type() == "multipart/alternative"
 
 

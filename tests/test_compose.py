@@ -130,7 +130,9 @@ def test_invalid_date_is_an_error(render: Render) -> None:
 def test_trailing_whitespace_on_header_lines_is_ignored(render: Render) -> None:
     # The printed copy of the burger template has a trailing space on every line.
     source = "From: {{ from }} \nTo: {{ to }} \nSubject: {{ subject }}\t \n \nHello \n"
-    message = parse(render(source, {"from": "a@example.com", "to": "b@example.com", "subject": "s"}))
+    message = parse(
+        render(source, {"from": "a@example.com", "to": "b@example.com", "subject": "s"})
+    )
     assert message["From"] == "a@example.com"
     assert message["Subject"] == "s"
     assert body(message) == "Hello \n"
@@ -238,8 +240,10 @@ def test_multipart_alternative_has_both_parts(render: Render) -> None:
 
 def test_settings_domain_reaches_message_id(tmp_path: Path) -> None:
     settings = Settings.from_mapping(
-        {"templates": {"dir": str(Path(__file__).parent.parent / "templates")},
-         "message_id_domain": "notify.example.net"}
+        {
+            "templates": {"dir": str(Path(__file__).parent.parent / "templates")},
+            "message_id_domain": "notify.example.net",
+        }
     )
     renderer = Renderer.from_settings(settings)
     example = renderer.templates.example("burger_receipt")

@@ -29,7 +29,13 @@ TEMPLATE = (
     "{{ body }}"
 )
 EXPECTED_HEADERS = {
-    "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type",
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "MIME-Version",
+    "Content-Type",
     "Content-Transfer-Encoding",
 }
 
@@ -104,11 +110,13 @@ def assert_wire_safe(data: bytes) -> None:
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(subject=header_text, sender_name=header_text, body=body_text)
 @example(subject="x" * 300, sender_name="a" * 300, body="y" * 2000)
 @example(subject="=?", sender_name='"\\', body="\r\n\r")
-@example(subject="Ünïcödé 🍔", sender_name="Zoë, \"the\" <boss>", body="line\x00\x0b\x0cend")
+@example(subject="Ünïcödé 🍔", sender_name='Zoë, "the" <boss>', body="line\x00\x0b\x0cend")
 def test_any_unicode_round_trips_as_wire_safe_ascii(
     store: TemplateStore, subject: str, sender_name: str, body: str
 ) -> None:
@@ -116,8 +124,13 @@ def test_any_unicode_round_trips_as_wire_safe_ascii(
     assume(subject.strip(" \t") and "\t" not in subject)
     composed = compose_with(
         store,
-        {"sender": "shop@example.com", "sender_name": sender_name, "to": "bob@example.com",
-         "subject": subject, "body": body},
+        {
+            "sender": "shop@example.com",
+            "sender_name": sender_name,
+            "to": "bob@example.com",
+            "subject": subject,
+            "body": body,
+        },
     )
     assert_wire_safe(composed.data)
     message = parse(composed.data)
@@ -139,7 +152,9 @@ ascii_body = st.lists(
 ).map("".join)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(subject=ascii_header_text, sender_name=ascii_header_text, body=ascii_body)
 @example(subject="Your Burger order", sender_name="Shop", body="Hello Bob,\n\n- Fries\n")
 @example(subject="a" * 70, sender_name="b", body="c" * 998 + "\n" + "d" * 80)
@@ -150,14 +165,23 @@ def test_fast_path_and_email_package_agree(
     assume(subject.strip(" \t"))
     rendered = store.render(
         "prop",
-        {"sender": "shop@example.com", "sender_name": sender_name, "to": "bob@example.com",
-         "subject": subject, "body": body},
+        {
+            "sender": "shop@example.com",
+            "sender_name": sender_name,
+            "to": "bob@example.com",
+            "subject": subject,
+            "body": body,
+        },
     )
     head, body_marked = compose._split_header_block(rendered.text)
     headers = compose._parse_header_lines(head)
-    addresses = {h.key: compose._parse_addresses(h) for h in headers if h.key in compose.ADDRESS_HEADERS}
-    plain_body = compose._strip_data(body_marked).replace(compose.CR_MARK, "\r").replace(
-        compose.LF_MARK, "\n"
+    addresses = {
+        h.key: compose._parse_addresses(h) for h in headers if h.key in compose.ADDRESS_HEADERS
+    }
+    plain_body = (
+        compose._strip_data(body_marked)
+        .replace(compose.CR_MARK, "\r")
+        .replace(compose.LF_MARK, "\n")
     )
     fast = compose._fast_serialise(headers, plain_body, "plain")
     slow = compose._email_serialise(headers, addresses, plain_body, "plain", {}, None)
@@ -167,7 +191,7 @@ def test_fast_path_and_email_package_agree(
     assert_wire_safe(fast)
     fast_message, slow_message = parse(fast), parse(slow)
     assert list(fast_message.keys()) == list(slow_message.keys())
-    for name in fast_message.keys():
+    for name in fast_message:
         assert str(fast_message[name]) == str(slow_message[name]), name
     fast_content: str = fast_message.get_content()
     slow_content: str = slow_message.get_content()

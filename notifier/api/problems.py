@@ -42,9 +42,7 @@ async def _notifier_error(error: NotifierError) -> Response:
 
 async def _http_error(error: HTTPException) -> Response:
     status = error.code or 500
-    headers = {
-        name: value for name, value in error.get_headers() if name.lower() != "content-type"
-    }
+    headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
     return problem_response(
         status,
         detail=_HTTP_DETAILS.get(status) or error.description or "",
