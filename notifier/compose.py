@@ -20,13 +20,13 @@ Two serialisers produce the bytes:
 from __future__ import annotations
 
 import functools
+import os
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
-from email.header import decode_header, make_header
+from email.header import Header, decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
@@ -58,9 +58,9 @@ _HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII except colon
 _FORBIDDEN_IN_HEADER = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
 # What _checked_value looks for, in one pattern over the whole header block ("\n" is
 # left out: there it separates header lines).
-_SUSPICIOUS = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff" + CR_MARK + LF_MARK + "]|=\\?"
-)
+# (An alternation with "=\\?" would stop the engine's fast scan for a character class, so
+# encoded-words are looked for with a plain substring test.)
+_SUSPICIOUS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff" + CR_MARK + LF_MARK + "]")
 _BLANK_LINE = re.compile(r"^[ \t]*$", re.MULTILINE)
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 _DATA_SPAN = re.compile(f"{VALUE_START}[^{VALUE_END}]*{VALUE_END}")
@@ -154,7 +154,7 @@ def compose_message(
         if _MESSAGE_ID.fullmatch(message_id) is None:
             raise ComposeError(f"Message-ID {message_id!r} is not <id@domain>", header="Message-ID")
     else:
-        message_id = f"<{secrets.token_hex(16)}@{message_id_domain}>"
+        message_id = f"<{os.urandom(16).hex()}@{message_id_domain}>"
         headers.append(_Header("Message-ID", "message-id", message_id, message_id))
     if "mime-version" in by_key and by_key["mime-version"].value != "1.0":
         raise ComposeError("MIME-Version must be 1.0", header="MIME-Version")
@@ -183,11 +183,26 @@ def message_view(data: bytes) -> dict[str, Any]:
     if text_part is None:  # a template whose Content-Type is text/html and no .html.j2
         text_part = html_part if message.get_content_maintype() == "text" else None
     return {
-        "headers": {name: str(value) for name, value in message.items()},
+        "headers": {name: _decoded_header(raw) for name, raw in message.raw_items()},
         "text": _part_text(text_part) if text_part is not None else "",
         "html": _part_text(html_part) if html_part is not None else None,
         "raw": data.decode("ascii"),
     }
+
+
+def _decoded_header(raw: str) -> str:
+    """A header value as read from the wire: unfolded, encoded-words decoded.
+
+    Decoded by RFC 2047's rules (``email.header``), not by ``policy.default``'s reader,
+    which keeps the whitespace between two encoded-words in a display name.
+    """
+    unfolded = _FOLD.sub(r"\1", raw).strip(" \t")
+    if "=?" not in unfolded:
+        return unfolded
+    return str(make_header(decode_header(unfolded)))
+
+
+_FOLD = re.compile(r"\r?\n([ \t])")
 
 
 def _part_text(part: MIMEPart) -> str:
@@ -207,7 +222,10 @@ def _split_header_block(text: str) -> tuple[str, str]:
     """
     end = text.find("\n\n")
     head = text if end < 0 else text[:end]
-    if _BLANK_LINE.search(head) is None:
+    # A whitespace-only line starts with a space or tab; without one, skip the regex.
+    if ("\n " not in head and "\n\t" not in head and head[:1] not in (" ", "\t")) or (
+        _BLANK_LINE.search(head) is None
+    ):
         return head, "" if end < 0 else text[end + 2 :]
     lines = head.split("\n")
     for index, line in enumerate(lines):
@@ -237,28 +255,38 @@ def _parse_header_lines(head: str) -> list[_Header]:
         # The name is taken from the marked line: a name that came from request data
         # carries markers and is refused, so data can never choose a header's name.
         name, colon, marked = marked_line.partition(":")
-        key = _header_key(name) if colon else None
+        key = _HEADER_KEYS.get(name) if colon else None
         if key is None:
-            raise TemplateError(f"header line {number} is not 'Name: value': {plain_line[:80]!r}")
+            key = _header_key(name, number, plain_line)
         if key in seen:
             raise TemplateError(f"the header {name} appears more than once", header=name)
-        if key in _GENERATED_BY_US:
-            raise TemplateError(f"{name} is chosen by notifier; remove it from the template")
         seen.add(key)
         value = plain_line[len(name) + 1 :].strip(" \t")
         headers.append(_Header(name, key, value, marked.strip(" \t")))
-    if _SUSPICIOUS.search(head) is not None:
+    if "=?" in head or _SUSPICIOUS.search(head) is not None:
         # Rare: find which header holds the suspicious value and say so.
         for header in headers:
             header.value = _checked_value(header)
     return headers
 
 
-@functools.lru_cache(maxsize=512)
-def _header_key(name: str) -> str | None:
-    """The lower-case key of a valid header name, else None (names come from templates,
-    so the set is small and worth caching)."""
-    return name.lower() if _HEADER_NAME.fullmatch(name) else None
+def _header_key(name: str, number: int, line: str) -> str:
+    """Validate a header name from a template and return its lower-case key.
+
+    Names come from templates, so there are few of them: valid ones are remembered in
+    :data:`_HEADER_KEYS` and later lines skip the checks.
+    """
+    if _HEADER_NAME.fullmatch(name) is None:
+        raise TemplateError(f"header line {number} is not 'Name: value': {line[:80]!r}")
+    key = name.lower()
+    if key in _GENERATED_BY_US:
+        raise TemplateError(f"{name} is chosen by notifier; remove it from the template")
+    if len(_HEADER_KEYS) < 4096:
+        _HEADER_KEYS[name] = key
+    return key
+
+
+_HEADER_KEYS: dict[str, str] = {}
 
 
 def _checked_value(header: _Header) -> str:
@@ -302,7 +330,12 @@ def _strip_data(marked: str) -> str:
 
 def _parse_addresses(header: _Header) -> list[Mailbox]:
     value = header.value
-    if "=?" not in value and _SIMPLE_ADDRESS_LIST.fullmatch(value):
+    if "," not in header.marked and ";" not in header.marked and ":" not in header.marked:
+        # One mailbox, and without list syntax no value can have added another.
+        match = _SIMPLE_MAILBOX.fullmatch(value) if "=?" not in value else None
+        if match is not None:
+            return [(match["name"] or "", match["angle"] or match["bare"])]
+    elif "=?" not in value and _SIMPLE_ADDRESS_LIST.fullmatch(value):
         parsed = [_SIMPLE_MAILBOX.fullmatch(part.strip()) for part in value.split(",")]
         if all(parsed):
             addresses = [_simple_address(match) for match in parsed if match]
@@ -499,8 +532,10 @@ def _email_serialise(
         mailboxes = addresses.get(header.key)
         if mailboxes is None:
             message[header.name] = header.value
-        else:
+        elif all(name.isascii() for name, _ in mailboxes):
             message[header.name] = [Address(name, addr_spec=spec) for name, spec in mailboxes]
+        else:
+            message[header.name] = _EncodedAddressHeader(header.name, mailboxes)
     text = "\n".join(_LINE_BREAK.split(body))
     # Control characters (NUL from request data, say) are not 7bit-safe: force an encoding.
     cte = None if _PLAIN_TEXT.fullmatch(text) else "quoted-printable"
@@ -515,6 +550,37 @@ def _email_serialise(
         if len(line) > MAX_LINE_OCTETS:
             raise ComposeError("a header cannot be folded within 998 octets per line")
     return data
+
+
+class _EncodedAddressHeader:
+    """An address header with non-ASCII display names, folded by notifier.
+
+    The email package's folder can put a line break between two encoded-words where the
+    name had a space, and RFC 2047 readers drop whitespace between encoded-words: the
+    space is lost ("Główny Dział" arrives as "GłównyDział"). ``email.header.Header``
+    encodes the space inside the encoded-word instead; the message takes this object as
+    an already-built header (``EmailPolicy`` uses any value with ``name`` and ``fold``).
+    """
+
+    def __init__(self, name: str, mailboxes: list[Mailbox]) -> None:
+        self.name = name
+        self._mailboxes = mailboxes
+
+    def fold(self, *, policy: policy.Policy) -> str:
+        linesep = policy.linesep
+        parts = []
+        for index, (display_name, addr_spec) in enumerate(self._mailboxes):
+            if display_name.isascii():
+                parts.append(str(Address(display_name, addr_spec=addr_spec)))
+                continue
+            encoded = Header(
+                display_name, "utf-8", header_name=self.name if index == 0 else None
+            ).encode(linesep=linesep)
+            parts.append(f"{encoded} <{addr_spec}>")
+        return f"{self.name}: {f',{linesep} '.join(parts)}{linesep}"
+
+    def __str__(self) -> str:
+        return ", ".join(str(Address(name, addr_spec=spec)) for name, spec in self._mailboxes)
 
 
 _PLAIN_TEXT = re.compile("[^\x00-\x08\x0b-\x1f\x7f-\x9f]*")

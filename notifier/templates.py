@@ -70,11 +70,14 @@ def _mark_value(value: Any) -> Any:
     Runs once per ``{{ ... }}``: keep the common case (short ASCII text) to a few
     cheap checks.
     """
-    if isinstance(value, Markup):
+    if type(value) is str:
+        text = value
+    elif isinstance(value, Markup):
         # Already-safe HTML must stay Markup or autoescaping would escape it twice; the
         # markers are constant noncharacters, so wrapping them as Markup is safe.
         return Markup(VALUE_START) + value + Markup(VALUE_END)  # noqa: S704
-    text = value if type(value) is str else str(value)
+    else:
+        text = str(value)
     if not text.isascii() or "\n" in text or "\r" in text:
         if _NONCHARACTER.search(text) is not None:
             raise TemplateError(
@@ -176,6 +179,8 @@ class TemplateStore:
     ) -> None:
         self.directory = directory
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._directory_text = os.fspath(directory)
+        self._recent: dict[str, tuple[jinja2.Template, int]] = {}
         self._listing_stamp = -1
         self._html_names: set[str] = set()
         self._date_second = -1
@@ -278,8 +283,19 @@ class TemplateStore:
 
     def _load(self, name: str, suffix: str) -> jinja2.Template:
         self._check_name(name)
+        filename = name + suffix
+        # Jinja's own cache would do, but its lookup (a lock, an LRU reorder, a float
+        # mtime check) costs more than a stat and a dict lookup on this hot path; Jinja
+        # still compiles, caches and reloads the template (and anything it includes).
         try:
-            return self.environment.get_template(name + suffix)
+            stamp = os.stat(f"{self._directory_text}/{filename}").st_mtime_ns
+        except OSError:
+            stamp = None
+        cached = self._recent.get(filename)
+        if cached is not None and stamp is not None and cached[1] == stamp:
+            return cached[0]
+        try:
+            template = self.environment.get_template(filename)
         except jinja2.TemplateNotFound:
             raise UnknownTemplate(f"no template named {name!r}", template=name) from None
         except jinja2.TemplateSyntaxError as exc:
@@ -291,13 +307,16 @@ class TemplateStore:
             ) from None
         except UnicodeDecodeError:
             raise TemplateError(f"{name}{suffix} is not valid UTF-8", template=name) from None
+        if stamp is not None:
+            self._recent[filename] = (template, stamp)
+        return template
 
     def _has_html(self, name: str) -> bool:
         # Asking the file system for <name>.html.j2 on every render costs more than the
         # render itself; the directory's mtime changes whenever a file is added, removed
         # or replaced by rename, so the listing is cached against it.
         try:
-            stamp = os.stat(self.directory).st_mtime_ns
+            stamp = os.stat(self._directory_text).st_mtime_ns
         except OSError:
             return False
         if stamp != self._listing_stamp:

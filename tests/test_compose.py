@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email import policy
@@ -249,3 +250,28 @@ def test_settings_domain_reaches_message_id(tmp_path: Path) -> None:
     example = renderer.templates.example("burger_receipt")
     assert example is not None
     assert renderer.render("burger_receipt", example).message_id.endswith("@notify.example.net>")
+
+
+def test_long_non_ascii_display_name_keeps_its_spaces(render: Render) -> None:
+    # The email package's own folder would break the line between two encoded-words at
+    # the space in "Główny Dział", and RFC 2047 readers drop that whitespace.
+    name = "Łukasz Żółć Świętochłowice Główny Dział Obsługi"
+    composed = render(
+        "From: {{ shop | mailbox(name) }}\nTo: b@example.com, {{ other | mailbox(name) }}\n\nx",
+        {"shop": "shop@example.com", "other": "c@example.com", "name": name},
+    )
+    assert composed.data.isascii()
+    assert max(len(line) for line in composed.data.split(b"\r\n")) <= 78
+    assert composed.recipients == ["b@example.com", "c@example.com"]
+    from email.header import decode_header, make_header
+
+    from notifier.compose import message_view
+
+    head = composed.data.split(b"\r\n\r\n")[0].decode()
+    raw_from = re.search(r"^From: (.*?)\r\n(?! )", head, re.MULTILINE | re.DOTALL)
+    assert raw_from is not None
+    unfolded = re.sub(r"\r\n ", " ", raw_from.group(1))
+    assert str(make_header(decode_header(unfolded))) == f"{name} <shop@example.com>"
+    view = message_view(composed.data)
+    assert view["headers"]["From"] == f"{name} <shop@example.com>"
+    assert view["headers"]["To"] == f"b@example.com, {name} <c@example.com>"

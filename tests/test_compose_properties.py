@@ -97,7 +97,7 @@ def rfc2047_display_name(data: bytes) -> str:
     """
     raw = email.message_from_bytes(data, policy=policy.compat32)["From"]
     unfolded = re.sub(r"\r?\n([ \t])", r"\1", str(raw))
-    decoded = str(make_header(decode_header(unfolded))).strip()
+    decoded = str(make_header(decode_header(unfolded))).strip(" \t")
     name, _, _ = decoded.rpartition(" <")
     if len(name) >= 2 and name[0] == name[-1] == '"':
         name = re.sub(r"\\(.)", r"\1", name[1:-1])
