@@ -37,6 +37,15 @@ async def read_json_object() -> dict[str, Any]:
     return context
 
 
+def _wants_json() -> bool:
+    # Parsing Accept costs more than a substring test; most callers send none (or */*).
+    accept = request.headers.get("Accept", "")
+    return "json" in accept and (
+        request.accept_mimetypes.best_match(("message/rfc822", "application/json"))
+        == "application/json"
+    )
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -46,9 +55,7 @@ async def render_message(name: str) -> Response:
     renderer: Renderer = current_app.extensions["notifier.renderer"]
     context = await read_json_object()
     composed = renderer.render(name, context)
-    if request.accept_mimetypes.best_match(("message/rfc822", "application/json")) == (
-        "application/json"
-    ):
+    if _wants_json():
         view = message_view(composed.data)
         view["envelope"] = {"from": composed.sender, "to": composed.recipients}
         return Response(
