@@ -118,8 +118,14 @@ def main() -> int:
         listener = socket.create_server(("127.0.0.1", 0))
         port = listener.getsockname()[1]
         child = subprocess.Popen(
-            [sys.executable, __file__, "--serve-fd", str(listener.fileno()),
-             "--settings", str(settings_file)],
+            [
+                sys.executable,
+                __file__,
+                "--serve-fd",
+                str(listener.fileno()),
+                "--settings",
+                str(settings_file),
+            ],
             pass_fds=[listener.fileno()],
         )
         listener.close()
