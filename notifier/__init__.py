@@ -4,8 +4,8 @@ Importing this package has no side effects: no files, sockets or databases are o
 until :func:`notifier.app.create_app` builds an app and it starts serving.
 """
 
-from notifier.errors import NotifierError, PermanentFailure
+from notifier.errors import NotifierError, PermanentFailure, TransientFailure
 
-__all__ = ["NotifierError", "PermanentFailure", "__version__"]
+__all__ = ["NotifierError", "PermanentFailure", "TransientFailure", "__version__"]
 
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,17 +10,30 @@ from quart import Quart
 
 from notifier.api import register_blueprints
 from notifier.api.problems import register_error_handlers
+from notifier.dispatch import Dispatcher
+from notifier.errors import OutboxUnavailable
+from notifier.outbox import Outbox, SqliteOutbox
 from notifier.renderer import Renderer
 from notifier.settings import Settings, load_settings
+from notifier.subscribers import load_subscribers
 
 __all__ = ["create_app"]
 
+logger = logging.getLogger("notifier")
 
-def create_app(settings: Settings | Mapping[str, Any] | None = None) -> Quart:
+#: Seconds in-flight deliveries get to finish when the app stops serving.
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def create_app(
+    settings: Settings | Mapping[str, Any] | None = None, *, outbox: Outbox | None = None
+) -> Quart:
     """Build a notifier app.
 
     ``settings`` may be a :class:`Settings`, a mapping validated like the YAML file, or
     None to load ``settings.yml`` / ``NOTIFIER_SETTINGS`` plus ``NOTIFIER_*`` overrides.
+    ``outbox`` replaces the SQLite outbox (another store, or a fake in tests). Files,
+    sockets and threads are only opened when the app starts serving.
     """
     if settings is None:
         settings = load_settings()
@@ -28,9 +42,30 @@ def create_app(settings: Settings | Mapping[str, Any] | None = None) -> Quart:
 
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
-    app.config["JSON_SORT_KEYS"] = False
     app.extensions["notifier.settings"] = settings
     app.extensions["notifier.renderer"] = Renderer.from_settings(settings)
+    store = outbox if outbox is not None else SqliteOutbox(settings.outbox.path)
+    subscribers = load_subscribers(settings)
+    dispatcher = Dispatcher(app, store, subscribers, settings.delivery)
+    app.extensions["notifier.outbox"] = store
+    app.extensions["notifier.dispatcher"] = dispatcher
+
+    @app.before_serving
+    async def start_delivery() -> None:
+        try:
+            await store.open()
+        except OutboxUnavailable as exc:
+            # Keep serving (renders work, /readyz says why); sends answer 503 until the
+            # outbox can be opened, and the dispatcher keeps trying.
+            logger.error("the outbox is not usable yet: %s", exc.detail)
+        dispatcher.start()
+
+    @app.after_serving
+    async def stop_delivery() -> None:
+        await dispatcher.stop(grace=SHUTDOWN_GRACE_SECONDS)
+        for subscriber in subscribers:
+            await subscriber.aclose()
+        await store.close()
 
     register_error_handlers(app)
     register_blueprints(app)

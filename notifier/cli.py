@@ -18,6 +18,7 @@ from typing import Any
 from notifier.errors import NotifierError
 from notifier.renderer import Renderer
 from notifier.settings import SETTINGS_ENV, Settings, load_settings
+from notifier.subscribers import load_subscribers
 
 __all__ = ["main"]
 
@@ -79,8 +80,9 @@ def _serve(args: argparse.Namespace) -> int:
     from hypercorn.config import Config
     from hypercorn.run import run
 
-    # Validate now so a bad setting is one line here, not a traceback in each worker.
-    _settings(args)
+    # Validate now so a bad setting or subscriber is one line here, not a traceback in
+    # each worker.
+    load_subscribers(_settings(args))
     if args.settings is not None:
         # Workers build the app themselves (hypercorn imports the factory path below).
         os.environ[SETTINGS_ENV] = str(args.settings.resolve())

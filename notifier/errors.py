@@ -12,13 +12,18 @@ from typing import Any
 __all__ = [
     "BadRequestBody",
     "ComposeError",
+    "DeliveryFailure",
     "HeaderInjection",
     "InvalidAddress",
     "MissingVariable",
     "NotifierError",
+    "OutboxUnavailable",
+    "PartialDelivery",
     "PermanentFailure",
     "SettingsError",
     "TemplateError",
+    "TransientFailure",
+    "UnknownMessage",
     "UnknownTemplate",
     "UnsupportedMediaType",
 ]
@@ -112,8 +117,65 @@ class InvalidAddress(ComposeError):
     title = "Invalid address"
 
 
-class PermanentFailure(NotifierError):
-    """Raised by a ``message_ready`` subscriber: do not retry, record the message as failed."""
+class DeliveryFailure(NotifierError):
+    """A subscriber could not deliver a message; ``smtp_code`` is the relay's reply code."""
+
+    slug = "delivery-failure"
+    title = "Delivery failure"
+
+    def __init__(
+        self, detail: str, *, smtp_code: int | None = None, title: str | None = None, **extra: Any
+    ) -> None:
+        super().__init__(detail, title=title, **extra)
+        self.smtp_code = smtp_code
+
+
+class PermanentFailure(DeliveryFailure):
+    """Raised by a ``message_ready`` subscriber: do not retry, record it as failed."""
 
     slug = "permanent-failure"
     title = "Permanent delivery failure"
+
+
+class TransientFailure(DeliveryFailure):
+    """Raised by a subscriber for a failure worth retrying (any other exception is too)."""
+
+    slug = "transient-failure"
+    title = "Transient delivery failure"
+
+
+class PartialDelivery(DeliveryFailure):
+    """The relay accepted the message for some recipients and refused others.
+
+    ``refused`` maps each refused recipient to ``(code, text)``. Recipients refused with
+    a 4xx code are retried (only they); 5xx refusals are final.
+    """
+
+    slug = "partial-delivery"
+    title = "Some recipients were refused"
+
+    def __init__(self, detail: str, *, accepted: list[str], refused: dict[str, tuple[int, str]]):
+        codes = sorted({code for code, _ in refused.values()})
+        super().__init__(detail, smtp_code=codes[-1] if codes else None)
+        self.accepted = accepted
+        self.refused = refused
+
+    @property
+    def retry_recipients(self) -> list[str]:
+        return [rcpt for rcpt, (code, _) in self.refused.items() if 400 <= code < 500]
+
+
+class OutboxUnavailable(NotifierError, OSError):
+    """The outbox could not store the message: nothing was accepted (503)."""
+
+    status = 503
+    slug = "outbox-unavailable"
+    title = "The message could not be stored"
+
+
+class UnknownMessage(NotifierError, LookupError):
+    """No message has this id."""
+
+    status = 404
+    slug = "unknown-message"
+    title = "Unknown message"

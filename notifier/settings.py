@@ -27,7 +27,9 @@ __all__ = [
     "ENV_PREFIX",
     "SETTINGS_ENV",
     "DefaultsSettings",
+    "DeliverySettings",
     "LimitsSettings",
+    "LogSettings",
     "OutboxSettings",
     "Settings",
     "SmtpSettings",
@@ -62,6 +64,8 @@ class SmtpSettings(_Section):
     password: SecretStr | None = None
     #: Seconds allowed for one whole delivery (connect, EHLO, MAIL, RCPT, DATA).
     timeout: float = Field(30.0, gt=0)
+    #: Connections kept open to the relay and reused across messages.
+    pool_size: int = Field(4, ge=1)
 
 
 class DefaultsSettings(_Section):
@@ -77,6 +81,26 @@ class LimitsSettings(_Section):
     max_body_bytes: int = Field(1024 * 1024, ge=1)
 
 
+class DeliverySettings(_Section):
+    """How the dispatcher retries transient failures (RFC 5321 4.5.4.1: configurable)."""
+
+    max_attempts: int = Field(20, ge=1)
+    #: First retry delay in seconds; each further one doubles, up to ``backoff_max``.
+    backoff_initial: float = Field(10.0, gt=0)
+    backoff_max: float = Field(3600.0, gt=0)
+    #: After this many seconds since acceptance a message is not retried any more.
+    max_age: float = Field(5 * 24 * 3600.0, gt=0)
+    #: Seconds one subscriber may take for one message before it counts as failed.
+    subscriber_timeout: float = Field(60.0, gt=0)
+    #: Messages delivered at the same time by one process.
+    concurrency: int = Field(32, ge=1)
+
+
+class LogSettings(_Section):
+    #: Write full recipient addresses in delivery log lines (off: only their count).
+    include_addresses: bool = False
+
+
 class Settings(_Section):
     """Every setting notifier reads, with its default."""
 
@@ -85,6 +109,8 @@ class Settings(_Section):
     defaults: DefaultsSettings = DefaultsSettings()
     outbox: OutboxSettings = OutboxSettings()
     limits: LimitsSettings = LimitsSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    log: LogSettings = LogSettings()
     subscribers: list[str] = Field(default_factory=lambda: ["smtp", "log"])
     message_id_domain: str = Field("localhost", min_length=1, pattern=r"^[A-Za-z0-9.-]+$")
 

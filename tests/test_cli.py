@@ -110,3 +110,13 @@ def test_bad_settings_stop_serve_with_one_line(tmp_path: Path) -> None:
     assert "smtp.port" in error
     assert "Traceback" not in error
     assert error.count("\n") == 1
+
+
+def test_unknown_subscriber_stops_serve_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "s.yml").write_text("subscribers: [smtp, nosuch.module:send]\n")
+    result = notifier("serve", "--settings", str(tmp_path / "s.yml"), "--port", "0")
+    assert result.returncode == 2
+    error = result.stderr.decode()
+    assert "nosuch.module" in error
+    assert "Traceback" not in error
+    assert error.count("\n") == 1

@@ -8,6 +8,7 @@ import re
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.servers import ServeProcess
 
@@ -92,5 +93,31 @@ def test_dockerfile_command_starts_the_service(settings_file: Path) -> None:
             while status != 200 and time.monotonic() < deadline:
                 status = http.get("/healthz").status_code
             assert status == 200
+    finally:
+        assert process.stop() == 0
+
+
+def test_send_through_a_real_server_reaches_the_capture_server(
+    tmp_path: Path, settings_data: dict[str, Any], smtp_capture: Any
+) -> None:
+    settings_data["smtp"] = {"host": smtp_capture.host, "port": smtp_capture.port}
+    settings_file = tmp_path / "send-settings.yml"
+    settings_file.write_text(json.dumps(settings_data))
+    order = json.loads((ROOT / "templates" / "burger_receipt.example.json").read_text())
+    process = ServeProcess.start(settings_file)
+    try:
+        with process.client() as http:
+            response = http.post("/v1/send/burger_receipt", json=order)
+            assert response.status_code == 202
+            accepted = response.json()
+            (captured,) = smtp_capture.wait_for(1, timeout=10)
+            assert captured.envelope_to == ("bob@example.com",)
+            assert f"Message-ID: {accepted['message_id']}".encode() in captured.data
+            deadline = time.monotonic() + 10
+            status = http.get(response.headers["Location"]).json()
+            while status["status"] != "delivered" and time.monotonic() < deadline:
+                status = http.get(response.headers["Location"]).json()
+            assert status["status"] == "delivered"
+            assert status["subscribers"]["smtp"]["attempts"] == 1
     finally:
         assert process.stop() == 0

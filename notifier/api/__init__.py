@@ -5,6 +5,7 @@ from __future__ import annotations
 from quart import Quart
 
 from notifier.api.health import health
+from notifier.api.messages import messages
 from notifier.api.render import render
 from notifier.api.templates import templates
 
@@ -14,4 +15,5 @@ __all__ = ["register_blueprints"]
 def register_blueprints(app: Quart) -> None:
     app.register_blueprint(health)
     app.register_blueprint(render)
+    app.register_blueprint(messages)
     app.register_blueprint(templates)

@@ -151,8 +151,13 @@ class CaptureServer:
             if pending_writes:
                 await asyncio.wait(pending_writes, timeout=SHUTDOWN_GRACE_SECONDS)
             for session in list(self.handler.sessions):
-                if session.transport is not None:
-                    session.transport.close()
+                transport = session.transport
+                if isinstance(transport, asyncio.WriteTransport):
+                    # abort, not close: closing a STARTTLS session waits for a TLS
+                    # shutdown that a loop about to end never finishes, leaking the socket.
+                    transport.abort()
+                elif transport is not None:
+                    transport.close()
             await self._smtp_server.wait_closed()
             self._smtp_server = None
         if self._http_task is not None:

@@ -1,0 +1,347 @@
+"""The dispatcher: claim due messages, send ``message_ready``, record each outcome.
+
+It runs as a background task of the serving app. Each claimed message goes out through
+:data:`notifier.signals.message_ready`; every subscriber named in settings is connected
+to it as a relay that starts the subscriber as its own task, so subscribers run side by
+side: a slow or failing one never holds the others back. Each subscriber's return or
+exception becomes its recorded outcome, and transient failures are retried with
+exponential backoff and jitter within the ``delivery`` settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from quart import Quart
+
+from notifier.errors import DeliveryFailure, OutboxUnavailable, PartialDelivery, PermanentFailure
+from notifier.outbox import Claim, DeliveryState, Outbox, Outcome
+from notifier.settings import DeliverySettings
+from notifier.signals import OutboundMessage, message_ready
+from notifier.subscribers import Subscriber
+
+__all__ = ["DeliveryRound", "Dispatcher", "retry_delay"]
+
+logger = logging.getLogger("notifier.dispatch")
+
+#: How often an idle dispatcher looks at the outbox even when nothing woke it (other
+#: processes sharing the outbox add messages this one is not told about).
+IDLE_POLL_SECONDS = 1.0
+#: Extra time a lease gives beyond the subscriber timeout, for recording the outcome.
+LEASE_MARGIN_SECONDS = 30.0
+#: Longest error text kept per attempt.
+MAX_ERROR_LENGTH = 1000
+
+
+def retry_delay(attempts: int, settings: DeliverySettings, rng: Callable[[], float]) -> float:
+    """Seconds before the next try after ``attempts`` failed ones: exponential backoff
+    with "equal jitter" (half fixed, half random), so retries of many messages that
+    failed together spread out instead of hitting the relay at the same moment."""
+    ceiling = min(settings.backoff_max, settings.backoff_initial * 2.0 ** (attempts - 1))
+    return float(ceiling / 2 + rng() * ceiling / 2)
+
+
+class DeliveryRound:
+    """One message going out to the subscribers that are due for it.
+
+    Passed to the relays through ``message_ready`` (keyword ``delivery_round``); each
+    relay whose subscriber is due starts it with :meth:`start`.
+    """
+
+    def __init__(self, claim: Claim, timeout: float) -> None:
+        self.claim = claim
+        self._timeout = timeout
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+
+    def is_due(self, name: str) -> bool:
+        return name in self.claim.subscribers and name not in self._tasks
+
+    def message_for(self, name: str) -> OutboundMessage:
+        state = self.claim.subscribers[name]
+        return self.claim.message.for_attempt(
+            attempt=state.attempts + 1, recipients=state.retry_recipients
+        )
+
+    def start(self, name: str, call: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        self._tasks[name] = asyncio.create_task(
+            asyncio.wait_for(call(), self._timeout), name=f"deliver {name}"
+        )
+
+    @property
+    def started(self) -> dict[str, asyncio.Task[Any]]:
+        return dict(self._tasks)
+
+    def not_started(self) -> list[str]:
+        """Due subscribers no relay started: no longer configured under that name."""
+        return [name for name in self.claim.subscribers if name not in self._tasks]
+
+    def cancel(self) -> list[str]:
+        """Cancel unfinished subscribers; return their names."""
+        unfinished = [name for name, task in self._tasks.items() if not task.done()]
+        for name in unfinished:
+            self._tasks[name].cancel()
+        return unfinished
+
+
+class Dispatcher:
+    """Background delivery for one app; start it in the serving lifecycle."""
+
+    def __init__(
+        self,
+        app: Quart,
+        outbox: Outbox,
+        subscribers: list[Subscriber],
+        settings: DeliverySettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._app = app
+        self._outbox = outbox
+        self._subscribers = subscribers
+        self._settings = settings
+        self._clock = clock
+        self._rng = rng
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._deliveries: dict[asyncio.Task[None], DeliveryRound] = {}
+        self._relays: list[Callable[..., Awaitable[None]]] = []
+        self._stopping = False
+
+    @property
+    def lease_seconds(self) -> float:
+        return self._settings.subscriber_timeout + LEASE_MARGIN_SECONDS
+
+    def start(self) -> None:
+        for subscriber in self._subscribers:
+            relay = _relay(subscriber)
+            # Strong references, sender-specific: each app's relays see only its messages.
+            message_ready.connect(relay, sender=self._app, weak=False)
+            self._relays.append(relay)
+        self._loop_task = asyncio.create_task(self._run(), name="notifier dispatcher")
+
+    def wake(self) -> None:
+        """A message was stored: look for due work now instead of at the next poll."""
+        self._wake.set()
+
+    async def stop(self, *, grace: float) -> None:
+        """Stop claiming; give in-flight deliveries ``grace`` seconds, then cancel them
+        and hand their leases back so the next start delivers them at once."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        if self._deliveries:
+            await asyncio.wait(list(self._deliveries), timeout=grace)
+        for task in list(self._deliveries):
+            task.cancel()
+        if self._deliveries:
+            await asyncio.wait(list(self._deliveries))
+        for relay in self._relays:
+            message_ready.disconnect(relay, sender=self._app)
+        self._relays.clear()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            free = self._settings.concurrency - len(self._deliveries)
+            if free <= 0:
+                await asyncio.wait(list(self._deliveries), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            self._wake.clear()
+            try:
+                claims = await self._outbox.claim(
+                    owner=self.owner, limit=free, lease_seconds=self.lease_seconds
+                )
+            except OutboxUnavailable as exc:
+                logger.error("cannot claim messages: %s", exc.detail)
+                claims = []
+            for claim in claims:
+                delivery_round = DeliveryRound(claim, self._settings.subscriber_timeout)
+                task = asyncio.create_task(self._deliver(delivery_round))
+                self._deliveries[task] = delivery_round
+                task.add_done_callback(self._deliveries.pop)
+            if len(claims) < free and not self._stopping:
+                await self._idle()
+
+    async def _idle(self) -> None:
+        timeout = IDLE_POLL_SECONDS
+        try:
+            next_due = await self._outbox.next_due()
+        except OutboxUnavailable:
+            next_due = None
+        if next_due is not None:
+            timeout = max(0.0, min(timeout, next_due - self._clock()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _deliver(self, delivery_round: DeliveryRound) -> None:
+        message = delivery_round.claim.message
+        recorded: set[str] = set()
+        try:
+            try:
+                await message_ready.send_async(
+                    self._app,
+                    _sync_wrapper=_in_thread,
+                    message=message,
+                    delivery_round=delivery_round,
+                )
+            except Exception:
+                # A receiver connected directly (not through settings) failed; ours never
+                # raise here. The configured subscribers' tasks are running regardless.
+                logger.exception("a message_ready receiver failed for message %s", message.id)
+            missing = PermanentFailure("no subscriber with this name is configured")
+            finishing = [
+                self._finish(delivery_round, name, task, recorded)
+                for name, task in delivery_round.started.items()
+            ] + [
+                self._record(delivery_round, name, missing, recorded)
+                for name in delivery_round.not_started()
+            ]
+            await asyncio.gather(*finishing)
+        except asyncio.CancelledError:
+            delivery_round.cancel()
+            unfinished = [name for name in delivery_round.claim.subscribers if name not in recorded]
+            await self._release(message.id, unfinished)
+            raise
+
+    async def _finish(
+        self, delivery_round: DeliveryRound, name: str, task: asyncio.Task[Any], recorded: set[str]
+    ) -> None:
+        # Each outcome is stored as soon as its subscriber is done, so a delivered email
+        # is on record (and never sent again) even if a slower subscriber is still busy
+        # when the process dies.
+        await asyncio.wait([task])
+        if task.cancelled():
+            return
+        await self._record(delivery_round, name, task.exception() or task.result(), recorded)
+
+    async def _record(
+        self, delivery_round: DeliveryRound, name: str, result: Any, recorded: set[str]
+    ) -> None:
+        message = delivery_round.claim.message
+        outcome = self._outcome(message, delivery_round.claim.subscribers[name], result)
+        try:
+            await self._outbox.record(message.id, owner=self.owner, outcomes={name: outcome})
+        except OutboxUnavailable as exc:
+            # The lease runs out and the message is delivered again: at-least-once.
+            logger.error("cannot record the outcome of message %s: %s", message.id, exc.detail)
+        recorded.add(name)
+
+    async def _release(self, message_id: str, names: list[str]) -> None:
+        if not names:
+            return
+        with contextlib.suppress(OutboxUnavailable):
+            await asyncio.shield(
+                self._outbox.release(message_id, owner=self.owner, subscribers=names)
+            )
+
+    def _outcome(
+        self, message: OutboundMessage, state: DeliveryState, result: BaseException | Any
+    ) -> Outcome:
+        attempts = state.attempts + 1
+        previous = dict(state.detail or {})
+        refused: dict[str, Any] = previous.get("refused", {})
+        if not isinstance(result, BaseException):
+            if refused:
+                return Outcome(
+                    "failed",
+                    error=f"{len(refused)} recipient(s) refused for good",
+                    smtp_code=max(r["code"] for r in refused.values()),
+                    detail={"refused": refused},
+                )
+            return Outcome("delivered", detail=_result_detail(result))
+        error = _error_text(result)
+        smtp_code = result.smtp_code if isinstance(result, DeliveryFailure) else None
+        if isinstance(result, PartialDelivery):
+            for rcpt, (code, text) in result.refused.items():
+                if not 400 <= code < 500:
+                    refused[rcpt] = {"code": code, "message": text}
+            retry = result.retry_recipients
+            detail: dict[str, Any] = {"refused": refused} if refused else {}
+            if retry and self._may_retry(message, attempts):
+                detail["retry_recipients"] = retry
+                return self._retry_later(attempts, error, smtp_code, detail)
+            return Outcome("failed", error=error, smtp_code=smtp_code, detail=detail or None)
+        if isinstance(result, PermanentFailure):
+            return Outcome("failed", error=error, smtp_code=smtp_code, detail=previous or None)
+        if self._may_retry(message, attempts):
+            return self._retry_later(attempts, error, smtp_code, previous or None)
+        return Outcome("failed", error=error, smtp_code=smtp_code, detail=previous or None)
+
+    def _may_retry(self, message: OutboundMessage, attempts: int) -> bool:
+        age = self._clock() - message.created_at.timestamp()
+        return attempts < self._settings.max_attempts and age < self._settings.max_age
+
+    def _retry_later(
+        self, attempts: int, error: str, smtp_code: int | None, detail: dict[str, Any] | None
+    ) -> Outcome:
+        delay = retry_delay(attempts, self._settings, self._rng)
+        return Outcome(
+            "queued",
+            error=error,
+            smtp_code=smtp_code,
+            next_attempt_at=self._clock() + delay,
+            detail=detail,
+        )
+
+
+def _relay(subscriber: Subscriber) -> Callable[..., Awaitable[None]]:
+    """The receiver connected to ``message_ready`` on behalf of ``subscriber``."""
+    if subscriber.is_async:
+
+        def call(sender: Any, message: OutboundMessage) -> Coroutine[Any, Any, Any]:
+            coroutine: Coroutine[Any, Any, Any] = subscriber.receiver(sender, message=message)
+            return coroutine
+
+    else:
+
+        def call(sender: Any, message: OutboundMessage) -> Coroutine[Any, Any, Any]:
+            # A sync subscriber (SMTP via smtplib, an HTTP client...) runs in a thread so
+            # that it cannot stall the event loop, the API or the other subscribers.
+            return asyncio.to_thread(subscriber.receiver, sender, message=message)
+
+    async def relay(
+        sender: Any, *, delivery_round: DeliveryRound | None = None, **kwargs: Any
+    ) -> None:
+        if delivery_round is None or not delivery_round.is_due(subscriber.name):
+            return
+        message = delivery_round.message_for(subscriber.name)
+        delivery_round.start(subscriber.name, functools.partial(call, sender, message))
+
+    relay.__name__ = relay.__qualname__ = f"relay_to_{subscriber.name}"
+    return relay
+
+
+def _in_thread(func: Callable[..., Any]) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """blinker's ``_sync_wrapper``: run a directly connected sync receiver in a thread."""
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(func, *args, **kwargs)
+
+    return wrapper
+
+
+def _error_text(error: BaseException) -> str:
+    if isinstance(error, asyncio.CancelledError | TimeoutError) and not str(error):
+        text = "the subscriber did not finish within delivery.subscriber_timeout"
+    elif isinstance(error, DeliveryFailure):
+        text = error.detail
+    else:
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return text[:MAX_ERROR_LENGTH]
+
+
+def _result_detail(result: Any) -> dict[str, Any] | None:
+    if isinstance(result, dict) and result:
+        return {key: str(value)[:MAX_ERROR_LENGTH] for key, value in result.items()}
+    return None

@@ -1,0 +1,581 @@
+"""The durable outbox: accepted messages and each subscriber's delivery outcome.
+
+:class:`Outbox` is the interface the API and the dispatcher use; :class:`SqliteOutbox`
+implements it on an embedded SQLite database (WAL mode, ``synchronous=FULL``: a commit is
+on disk before it returns). A server database could implement the same few methods.
+
+Delivery state, per (message, subscriber): ``queued`` (due at ``next_attempt_at``),
+``sending`` (claimed by a worker until ``lease_until``; a lease that runs out, because
+its worker died, makes the row due again), ``delivered`` or ``failed``.
+
+All SQLite work happens on one thread per outbox. Concurrent writes are committed
+together: each request waits for the commit that holds its row, and many requests share
+one fsync instead of paying one each.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from notifier.errors import OutboxUnavailable
+from notifier.signals import OutboundMessage
+
+__all__ = [
+    "DELIVERY_STATUSES",
+    "Claim",
+    "DeliveryRecord",
+    "DeliveryState",
+    "MessageRecord",
+    "NewMessage",
+    "Outbox",
+    "Outcome",
+    "SqliteOutbox",
+    "new_message_id",
+    "overall_status",
+]
+
+logger = logging.getLogger("notifier.outbox")
+
+DeliveryStatus = Literal["queued", "sending", "delivered", "failed"]
+DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("queued", "sending", "delivered", "failed")
+
+T = TypeVar("T")
+
+
+def new_message_id() -> str:
+    """A new outbox id: 12 hex digits of milliseconds, then 20 random ones (sortable)."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A composed message to store."""
+
+    template: str
+    context_hash: str
+    message_id: str
+    sender: str
+    recipients: list[str]
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One subscriber's state for one message, as ``GET /v1/messages/<id>`` shows it."""
+
+    subscriber: str
+    status: DeliveryStatus
+    attempts: int
+    last_error: str | None
+    smtp_code: int | None
+    next_attempt_at: float | None
+    updated_at: float
+    detail: dict[str, Any] | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "smtp_code": self.smtp_code,
+            "next_attempt_at": _iso(self.next_attempt_at) if self.status == "queued" else None,
+            "updated_at": _iso(self.updated_at),
+            **({"detail": self.detail} if self.detail else {}),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """A stored message and the state of each of its subscribers."""
+
+    id: str
+    template: str
+    message_id: str
+    sender: str
+    recipients: list[str]
+    created_at: float
+    deliveries: list[DeliveryRecord]
+
+    @property
+    def status(self) -> DeliveryStatus:
+        return overall_status(delivery.status for delivery in self.deliveries)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "template": self.template,
+            "message_id": self.message_id,
+            "status": self.status,
+            "created_at": _iso(self.created_at),
+            "envelope": {"from": self.sender, "to": self.recipients},
+            "subscribers": {d.subscriber: d.as_json() for d in self.deliveries},
+        }
+
+
+def overall_status(statuses: Iterable[DeliveryStatus]) -> DeliveryStatus:
+    """A message's status from its subscribers' (pinned in DESIGN.md)."""
+    seen = set(statuses)
+    if not seen or seen == {"delivered"}:
+        return "delivered"
+    if seen <= {"delivered", "failed"}:
+        return "failed"
+    return "sending" if "sending" in seen else "queued"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """Where one subscriber stands with a claimed message."""
+
+    attempts: int
+    #: What earlier attempts left behind, e.g. ``retry_recipients`` and ``refused``.
+    detail: dict[str, Any] | None
+
+    @property
+    def retry_recipients(self) -> list[str] | None:
+        return self.detail.get("retry_recipients") if self.detail else None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A message leased to one worker, with the subscribers it still has to reach."""
+
+    message: OutboundMessage
+    subscribers: dict[str, DeliveryState]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt of one subscriber ended in."""
+
+    status: Literal["delivered", "failed", "queued"]
+    error: str | None = None
+    smtp_code: int | None = None
+    #: For ``queued``: when to try again (epoch seconds).
+    next_attempt_at: float | None = None
+    detail: dict[str, Any] | None = None
+
+
+class Outbox(abc.ABC):
+    """Durable storage of accepted messages and their delivery outcomes."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create or migrate the schema; raise :class:`OutboxUnavailable` if unusable."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def add(self, message: NewMessage, *, subscribers: Sequence[str]) -> MessageRecord:
+        """Store ``message`` with a queued delivery per subscriber; durable on return."""
+
+    @abc.abstractmethod
+    async def get(self, message_id: str) -> MessageRecord | None: ...
+
+    @abc.abstractmethod
+    async def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
+        """Lease up to ``limit`` messages whose deliveries are due (or whose lease ran out)."""
+
+    @abc.abstractmethod
+    async def record(self, message_id: str, *, owner: str, outcomes: Mapping[str, Outcome]) -> None:
+        """Store the outcome of each subscriber's attempt and release the lease."""
+
+    @abc.abstractmethod
+    async def release(self, message_id: str, *, owner: str, subscribers: Iterable[str]) -> None:
+        """Give a lease back unfinished (shutting down): due again now, no attempt counted."""
+
+    @abc.abstractmethod
+    async def next_due(self) -> float | None:
+        """Epoch seconds of the next delivery that will become due, or None."""
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Raise :class:`OutboxUnavailable` unless the outbox can store messages now."""
+
+
+class SqliteOutbox(Outbox):
+    """The outbox in one SQLite file."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._thread: _StoreThread | None = None
+        self._migrated = False
+
+    async def open(self) -> None:
+        if self._thread is None:
+            self._thread = _StoreThread(self.path)
+        await self._thread.run(_migrate, write=True)
+        self._migrated = True
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            self._migrated = False
+            await asyncio.get_running_loop().run_in_executor(None, thread.stop)
+
+    async def add(self, message: NewMessage, *, subscribers: Sequence[str]) -> MessageRecord:
+        record_id = new_message_id()
+        now = self._clock()
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO messages (id, template, context_hash, message_id, sender,"
+                " recipients, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record_id,
+                    message.template,
+                    message.context_hash,
+                    message.message_id,
+                    message.sender,
+                    json.dumps(message.recipients),
+                    message.data,
+                    now,
+                ),
+            )
+            db.executemany(
+                "INSERT INTO deliveries (message, subscriber, status, attempts,"
+                " next_attempt_at, updated_at) VALUES (?, ?, 'queued', 0, ?, ?)",
+                [(record_id, name, now, now) for name in subscribers],
+            )
+
+        await (await self._store()).run(insert, write=True)
+        deliveries = [
+            DeliveryRecord(name, "queued", 0, None, None, now, now, None) for name in subscribers
+        ]
+        return MessageRecord(
+            id=record_id,
+            template=message.template,
+            message_id=message.message_id,
+            sender=message.sender,
+            recipients=list(message.recipients),
+            created_at=now,
+            deliveries=deliveries,
+        )
+
+    async def get(self, message_id: str) -> MessageRecord | None:
+        def select(db: sqlite3.Connection) -> MessageRecord | None:
+            row = db.execute(
+                "SELECT id, template, message_id, sender, recipients, created_at"
+                " FROM messages WHERE id = ?",
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            deliveries = [
+                DeliveryRecord(
+                    subscriber=d[0],
+                    status=d[1],
+                    attempts=d[2],
+                    last_error=d[3],
+                    smtp_code=d[4],
+                    next_attempt_at=d[5],
+                    updated_at=d[6],
+                    detail=json.loads(d[7]) if d[7] else None,
+                )
+                for d in db.execute(
+                    "SELECT subscriber, status, attempts, last_error, smtp_code,"
+                    " next_attempt_at, updated_at, detail FROM deliveries WHERE message = ?"
+                    " ORDER BY rowid",
+                    (message_id,),
+                )
+            ]
+            return MessageRecord(
+                id=row[0],
+                template=row[1],
+                message_id=row[2],
+                sender=row[3],
+                recipients=json.loads(row[4]),
+                created_at=row[5],
+                deliveries=deliveries,
+            )
+
+        return await (await self._store()).run(select, write=False)
+
+    async def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
+        now = self._clock()
+
+        def lease(db: sqlite3.Connection) -> list[Claim]:
+            rows = db.execute(
+                "UPDATE deliveries SET status = 'sending', lease_owner = ?, lease_until = ?,"
+                " updated_at = ? WHERE rowid IN ("
+                "  SELECT rowid FROM deliveries"
+                "  WHERE status IN ('queued', 'sending')"
+                "    AND ((status = 'queued' AND next_attempt_at <= ?)"
+                "      OR (status = 'sending' AND lease_until < ?))"
+                "  ORDER BY next_attempt_at LIMIT ?)"
+                " RETURNING message, subscriber, attempts, detail",
+                (owner, now + lease_seconds, now, now, now, limit),
+            ).fetchall()
+            due: dict[str, dict[str, DeliveryState]] = {}
+            for message_id, subscriber, attempts, detail in rows:
+                state = DeliveryState(attempts, json.loads(detail) if detail else None)
+                due.setdefault(message_id, {})[subscriber] = state
+            if not due:
+                return []
+            marks = ",".join("?" * len(due))  # placeholders only; the ids are parameters
+            select = (
+                "SELECT id, template, message_id, sender, recipients, data, created_at"  # noqa: S608
+                f" FROM messages WHERE id IN ({marks})"
+            )
+            claims = []
+            for row in db.execute(select, list(due)):
+                message = OutboundMessage(
+                    id=row[0],
+                    template=row[1],
+                    message_id=row[2],
+                    sender=row[3],
+                    recipients=json.loads(row[4]),
+                    data=row[5],
+                    created_at=datetime.fromtimestamp(row[6], UTC),
+                )
+                claims.append(Claim(message=message, subscribers=due[row[0]]))
+            return claims
+
+        return await (await self._store()).run(lease, write=True)
+
+    async def record(self, message_id: str, *, owner: str, outcomes: Mapping[str, Outcome]) -> None:
+        now = self._clock()
+
+        def update(db: sqlite3.Connection) -> None:
+            for subscriber, outcome in outcomes.items():
+                # Only the worker holding the lease records: if it ran out and another
+                # worker took the message over, that worker's outcome is the one kept.
+                db.execute(
+                    "UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                    " last_error = ?, smtp_code = ?, next_attempt_at = ?, detail = ?,"
+                    " lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                    " WHERE message = ? AND subscriber = ? AND lease_owner = ?",
+                    (
+                        outcome.status,
+                        outcome.error,
+                        outcome.smtp_code,
+                        outcome.next_attempt_at if outcome.status == "queued" else now,
+                        json.dumps(outcome.detail) if outcome.detail else None,
+                        now,
+                        message_id,
+                        subscriber,
+                        owner,
+                    ),
+                )
+
+        await (await self._store()).run(update, write=True)
+
+    async def release(self, message_id: str, *, owner: str, subscribers: Iterable[str]) -> None:
+        now = self._clock()
+        names = list(subscribers)
+
+        def update(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "UPDATE deliveries SET status = 'queued', next_attempt_at = ?,"
+                " lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE message = ? AND subscriber = ? AND lease_owner = ?"
+                " AND status = 'sending'",
+                [(now, now, message_id, name, owner) for name in names],
+            )
+
+        await (await self._store()).run(update, write=True)
+
+    async def next_due(self) -> float | None:
+        def select(db: sqlite3.Connection) -> float | None:
+            row = db.execute(
+                "SELECT MIN(CASE status WHEN 'queued' THEN next_attempt_at ELSE lease_until END)"
+                " FROM deliveries WHERE status IN ('queued', 'sending')"
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await (await self._store()).run(select, write=False)
+
+    async def check(self) -> None:
+        await (await self._store()).run(lambda db: db.execute("SELECT 1").fetchone(), write=True)
+
+    async def _store(self) -> _StoreThread:
+        # An outbox that could not be opened at start (a volume not mounted yet, say) is
+        # opened and migrated by the first operation that finds it usable.
+        if not self._migrated:
+            await self.open()
+        assert self._thread is not None
+        return self._thread
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+# -- schema ---------------------------------------------------------------------------
+
+_MIGRATIONS: list[str] = [
+    # 1: messages and per-subscriber deliveries
+    """
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        template TEXT NOT NULL,
+        context_hash TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE deliveries (
+        message TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        subscriber TEXT NOT NULL,
+        status TEXT NOT NULL
+            CHECK (status IN ('queued', 'sending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL,
+        last_error TEXT,
+        smtp_code INTEGER,
+        detail TEXT,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (message, subscriber)
+    );
+    CREATE INDEX deliveries_due ON deliveries (next_attempt_at)
+        WHERE status IN ('queued', 'sending');
+    """,
+]
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(_MIGRATIONS):
+        raise OutboxUnavailable(
+            f"the outbox schema is version {version}, newer than this notifier knows"
+            f" ({len(_MIGRATIONS)}); upgrade notifier"
+        )
+    for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {number}")
+        logger.info("outbox schema migrated to version %d", number)
+
+
+# -- the store thread -----------------------------------------------------------------
+
+_Job = tuple[
+    Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop, bool
+]
+_STOP = object()
+#: Most jobs committed together; bounds the latency a large burst adds to its first job.
+_MAX_BATCH = 256
+
+
+class _StoreThread:
+    """Runs jobs against one SQLite connection; write jobs are committed in groups."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._connection: sqlite3.Connection | None = None
+        self._thread = threading.Thread(target=self._serve, name="notifier-outbox", daemon=True)
+        self._thread.start()
+
+    async def run(self, job: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((job, future, loop, write))
+        return await future
+
+    def stop(self) -> None:
+        self._jobs.put(_STOP)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[_Job] = []
+            item = self._jobs.get()
+            while True:
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+                if len(batch) >= _MAX_BATCH:
+                    break
+                try:
+                    item = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._run_batch(batch)
+        if self._connection is not None:
+            self._connection.close()
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        results: list[tuple[Any, BaseException | None]] = []
+        try:
+            db = self._connect()
+            writing = any(write for *_, write in batch)
+            db.execute("BEGIN IMMEDIATE" if writing else "BEGIN")
+            try:
+                for job, *_ in batch:
+                    # A savepoint per job: one job's error does not undo the others'.
+                    db.execute("SAVEPOINT job")
+                    try:
+                        results.append((job(db), None))
+                    except Exception as exc:
+                        db.execute("ROLLBACK TO job")
+                        results.append((None, exc))
+                    db.execute("RELEASE job")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            self._discard_connection()
+            failure = OutboxUnavailable(f"the outbox is unavailable: {exc}")
+            logger.error("outbox error: %s", exc)
+            results = [(None, failure)] * len(batch)
+        for (_, future, loop, _), (value, error) in zip(batch, results, strict=True):
+            loop.call_soon_threadsafe(_settle, future, value, error)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, isolation_level=None, timeout=10.0)
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                # FULL: the WAL is synced at every commit, so a stored message survives a
+                # power cut, not only a crash of this process.
+                db.execute("PRAGMA synchronous = FULL")
+                db.execute("PRAGMA foreign_keys = ON")
+            except sqlite3.Error:
+                db.close()
+                raise
+            self._connection = db
+        return self._connection
+
+    def _discard_connection(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.close()
+            self._connection = None
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
