@@ -1,8 +1,11 @@
 """The durable outbox: accepted messages and each subscriber's delivery outcome.
 
 :class:`Outbox` is the interface the API and the dispatcher use; :class:`SqliteOutbox`
-implements it on an embedded SQLite database (WAL mode, ``synchronous=FULL``: a commit is
-on disk before it returns). A server database could implement the same few methods.
+implements it on an embedded SQLite database in WAL mode. Accepting a message is a
+``synchronous=FULL`` commit: it is on disk before :meth:`Outbox.add` returns. Claims and
+outcomes are committed without a sync (they survive a crash of the process; after a
+power cut, losing one only repeats a delivery, which at-least-once allows).
+A server database could implement the same few methods.
 
 Delivery state, per (message, subscriber): ``queued`` (due at ``next_attempt_at``),
 ``sending`` (claimed by a worker until ``lease_until``; a lease that runs out, because
@@ -219,7 +222,7 @@ class SqliteOutbox(Outbox):
     async def open(self) -> None:
         if self._thread is None:
             self._thread = _StoreThread(self.path)
-        await self._thread.run(_migrate, write=True)
+        await self._thread.run(_migrate, write=True, durable=True)
         self._migrated = True
 
     async def close(self) -> None:
@@ -253,7 +256,7 @@ class SqliteOutbox(Outbox):
                 [(record_id, name, now, now) for name in subscribers],
             )
 
-        await (await self._store()).run(insert, write=True)
+        await (await self._store()).run(insert, write=True, durable=True)
         deliveries = [
             DeliveryRecord(name, "queued", 0, None, None, now, now, None) for name in subscribers
         ]
@@ -471,8 +474,13 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 # -- the store thread -----------------------------------------------------------------
 
+# (job, future, loop, write, durable)
 _Job = tuple[
-    Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop, bool
+    Callable[[sqlite3.Connection], Any],
+    "asyncio.Future[Any]",
+    asyncio.AbstractEventLoop,
+    bool,
+    bool,
 ]
 _STOP = object()
 #: Most jobs committed together; bounds the latency a large burst adds to its first job.
@@ -486,13 +494,18 @@ class _StoreThread:
         self._path = path
         self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._connection: sqlite3.Connection | None = None
+        self._synced = True
         self._thread = threading.Thread(target=self._serve, name="notifier-outbox", daemon=True)
         self._thread.start()
 
-    async def run(self, job: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+    async def run(
+        self, job: Callable[[sqlite3.Connection], T], *, write: bool, durable: bool = False
+    ) -> T:
+        """Run ``job`` on the store thread. ``durable`` writes are synced to disk before
+        this returns; others survive a crash of the process but maybe not a power cut."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((job, future, loop, write))
+        self._jobs.put((job, future, loop, write, durable))
         return await future
 
     def stop(self) -> None:
@@ -524,7 +537,15 @@ class _StoreThread:
         results: list[tuple[Any, BaseException | None]] = []
         try:
             db = self._connect()
-            writing = any(write for *_, write in batch)
+            writing = any(job[3] for job in batch)
+            durable = any(job[4] for job in batch)
+            if durable != self._synced:
+                # FULL syncs the WAL at every commit: needed before a 202. Claims and
+                # outcomes use NORMAL (no sync; safe against a crash of this process):
+                # after a power cut, losing one only means a delivery is repeated, which
+                # at-least-once allows, and skipping the sync roughly halves their cost.
+                db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._synced = durable
             db.execute("BEGIN IMMEDIATE" if writing else "BEGIN")
             try:
                 for job, *_ in batch:
@@ -546,7 +567,7 @@ class _StoreThread:
             failure = OutboxUnavailable(f"the outbox is unavailable: {exc}")
             logger.error("outbox error: %s", exc)
             results = [(None, failure)] * len(batch)
-        for (_, future, loop, _), (value, error) in zip(batch, results, strict=True):
+        for (_, future, loop, *_), (value, error) in zip(batch, results, strict=True):
             loop.call_soon_threadsafe(_settle, future, value, error)
 
     def _connect(self) -> sqlite3.Connection:
@@ -555,14 +576,13 @@ class _StoreThread:
             db = sqlite3.connect(self._path, isolation_level=None, timeout=10.0)
             try:
                 db.execute("PRAGMA journal_mode = WAL")
-                # FULL: the WAL is synced at every commit, so a stored message survives a
-                # power cut, not only a crash of this process.
                 db.execute("PRAGMA synchronous = FULL")
                 db.execute("PRAGMA foreign_keys = ON")
             except sqlite3.Error:
                 db.close()
                 raise
             self._connection = db
+            self._synced = True
         return self._connection
 
     def _discard_connection(self) -> None:
