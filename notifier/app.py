@@ -21,9 +21,6 @@ __all__ = ["create_app"]
 
 logger = logging.getLogger("notifier")
 
-#: Seconds in-flight deliveries get to finish when the app stops serving.
-SHUTDOWN_GRACE_SECONDS = 10.0
-
 
 def create_app(
     settings: Settings | Mapping[str, Any] | None = None, *, outbox: Outbox | None = None
@@ -62,7 +59,7 @@ def create_app(
 
     @app.after_serving
     async def stop_delivery() -> None:
-        await dispatcher.stop(grace=SHUTDOWN_GRACE_SECONDS)
+        await dispatcher.stop(grace=settings.delivery.shutdown_grace)
         for subscriber in subscribers:
             await subscriber.aclose()
         await store.close()

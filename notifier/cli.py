@@ -82,7 +82,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     # Validate now so a bad setting or subscriber is one line here, not a traceback in
     # each worker.
-    load_subscribers(_settings(args))
+    settings = _settings(args)
+    load_subscribers(settings)
     if args.settings is not None:
         # Workers build the app themselves (hypercorn imports the factory path below).
         os.environ[SETTINGS_ENV] = str(args.settings.resolve())
@@ -96,6 +97,9 @@ def _serve(args: argparse.Namespace) -> int:
     config.workers = 0 if args.workers == 1 else args.workers
     config.accesslog = None
     config.errorlog = "-"
+    # On SIGTERM hypercorn stops accepting, lets open requests finish for this long, then
+    # the app's shutdown gives in-flight deliveries delivery.shutdown_grace seconds.
+    config.graceful_timeout = 5.0
     return run(config)
 
 

@@ -40,6 +40,8 @@ IDLE_POLL_SECONDS = 1.0
 LEASE_MARGIN_SECONDS = 30.0
 #: Longest error text kept per attempt.
 MAX_ERROR_LENGTH = 1000
+#: How often to look for leases held by processes that died, and for expired keys.
+HOUSEKEEPING_SECONDS = 60.0
 
 
 def retry_delay(attempts: int, settings: DeliverySettings, rng: Callable[[], float]) -> float:
@@ -111,7 +113,9 @@ class Dispatcher:
         self._settings = settings
         self._clock = clock
         self._rng = rng
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self._host = socket.gethostname().replace(":", "_")
+        self.owner = f"{self._host}:{os.getpid()}:{os.urandom(4).hex()}"
+        self._next_housekeeping = 0.0
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._deliveries: dict[asyncio.Task[None], DeliveryRound] = {}
@@ -153,6 +157,8 @@ class Dispatcher:
 
     async def _run(self) -> None:
         while not self._stopping:
+            if time.monotonic() >= self._next_housekeeping:
+                await self._housekeeping()
             free = self._settings.concurrency - len(self._deliveries)
             if free <= 0:
                 await asyncio.wait(list(self._deliveries), return_when=asyncio.FIRST_COMPLETED)
@@ -172,6 +178,41 @@ class Dispatcher:
                 task.add_done_callback(self._deliveries.pop)
             if len(claims) < free and not self._stopping:
                 await self._idle()
+
+    async def _housekeeping(self) -> None:
+        self._next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
+        try:
+            released = await self._outbox.release_dead(self._owner_is_dead)
+            await self._outbox.purge()
+        except OutboxUnavailable as exc:
+            logger.error("outbox housekeeping failed: %s", exc.detail)
+            return
+        if released:
+            logger.warning(
+                "resuming %d delivery(ies) left mid-way by a process that died", released
+            )
+
+    def _owner_is_dead(self, owner: str) -> bool:
+        """Whether the process that holds a lease is gone, when that can be known.
+
+        Leases of processes on this host are checked at once, so a restart resumes what a
+        crash interrupted without waiting for the lease to run out; other hosts' leases
+        simply expire.
+        """
+        host, _, rest = owner.partition(":")
+        pid_text, _, _ = rest.partition(":")
+        if host != self._host or owner == self.owner or not pid_text.isdigit():
+            return False
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return True  # an earlier life of this process id (a restarted container)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, owned by another user
+        return False
 
     async def _idle(self) -> None:
         timeout = IDLE_POLL_SECONDS
@@ -228,8 +269,9 @@ class Dispatcher:
     async def _record(
         self, delivery_round: DeliveryRound, name: str, result: Any, recorded: set[str]
     ) -> None:
-        message = delivery_round.claim.message
-        outcome = self._outcome(message, delivery_round.claim.subscribers[name], result)
+        claim = delivery_round.claim
+        outcome = self._outcome(claim, claim.subscribers[name], result)
+        message = claim.message
         try:
             await self._outbox.record(message.id, owner=self.owner, outcomes={name: outcome})
         except OutboxUnavailable as exc:
@@ -245,9 +287,7 @@ class Dispatcher:
                 self._outbox.release(message_id, owner=self.owner, subscribers=names)
             )
 
-    def _outcome(
-        self, message: OutboundMessage, state: DeliveryState, result: BaseException | Any
-    ) -> Outcome:
+    def _outcome(self, claim: Claim, state: DeliveryState, result: BaseException | Any) -> Outcome:
         attempts = state.attempts + 1
         previous = dict(state.detail or {})
         refused: dict[str, Any] = previous.get("refused", {})
@@ -268,18 +308,20 @@ class Dispatcher:
                     refused[rcpt] = {"code": code, "message": text}
             retry = result.retry_recipients
             detail: dict[str, Any] = {"refused": refused} if refused else {}
-            if retry and self._may_retry(message, attempts):
+            if retry and self._may_retry(claim, attempts):
                 detail["retry_recipients"] = retry
                 return self._retry_later(attempts, error, smtp_code, detail)
             return Outcome("failed", error=error, smtp_code=smtp_code, detail=detail or None)
         if isinstance(result, PermanentFailure):
             return Outcome("failed", error=error, smtp_code=smtp_code, detail=previous or None)
-        if self._may_retry(message, attempts):
+        if self._may_retry(claim, attempts):
             return self._retry_later(attempts, error, smtp_code, previous or None)
         return Outcome("failed", error=error, smtp_code=smtp_code, detail=previous or None)
 
-    def _may_retry(self, message: OutboundMessage, attempts: int) -> bool:
-        age = self._clock() - message.created_at.timestamp()
+    def _may_retry(self, claim: Claim, attempts: int) -> bool:
+        # An operator's retry starts a fresh budget: age counts from it.
+        since = claim.retried_at or claim.message.created_at.timestamp()
+        age = self._clock() - since
         return attempts < self._settings.max_attempts and age < self._settings.max_age
 
     def _retry_later(

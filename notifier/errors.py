@@ -14,8 +14,12 @@ __all__ = [
     "ComposeError",
     "DeliveryFailure",
     "HeaderInjection",
+    "IdempotencyConflict",
+    "IdempotencyMismatch",
+    "InvalidIdempotencyKey",
     "InvalidAddress",
     "MissingVariable",
+    "NothingToRetry",
     "NotifierError",
     "OutboxUnavailable",
     "PartialDelivery",
@@ -171,6 +175,44 @@ class OutboxUnavailable(NotifierError, OSError):
     status = 503
     slug = "outbox-unavailable"
     title = "The message could not be stored"
+
+
+class IdempotencyConflict(NotifierError):
+    """The same ``Idempotency-Key`` is being used by a request still in progress (409)."""
+
+    status = 409
+    slug = "idempotency-key-in-use"
+    title = "A request with this Idempotency-Key is in progress"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            "a request with this Idempotency-Key is still being handled; retry later",
+            idempotency_key=key[:255],
+        )
+
+
+class IdempotencyMismatch(NotifierError, ValueError):
+    """The ``Idempotency-Key`` was used before with a different request (422)."""
+
+    status = 422
+    slug = "idempotency-key-reused"
+    title = "Idempotency-Key reused with a different request"
+
+
+class InvalidIdempotencyKey(NotifierError, ValueError):
+    """The ``Idempotency-Key`` header is empty, too long or not printable ASCII (400)."""
+
+    status = 400
+    slug = "invalid-idempotency-key"
+    title = "Invalid Idempotency-Key"
+
+
+class NothingToRetry(NotifierError):
+    """``POST /v1/messages/<id>/retry`` on a message that has no failed delivery (409)."""
+
+    status = 409
+    slug = "nothing-to-retry"
+    title = "The message has no failed delivery"
 
 
 class UnknownMessage(NotifierError, LookupError):

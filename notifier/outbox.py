@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from notifier.errors import OutboxUnavailable
+from notifier.errors import IdempotencyConflict, OutboxUnavailable
 from notifier.signals import OutboundMessage
 
 __all__ = [
@@ -42,10 +42,12 @@ __all__ = [
     "Claim",
     "DeliveryRecord",
     "DeliveryState",
+    "IdempotencyKey",
     "MessageRecord",
     "NewMessage",
     "Outbox",
     "Outcome",
+    "Reservation",
     "SqliteOutbox",
     "new_message_id",
     "overall_status",
@@ -158,6 +160,9 @@ class Claim:
 
     message: OutboundMessage
     subscribers: dict[str, DeliveryState]
+    #: When an operator last retried the message (epoch seconds), if ever: retry limits
+    #: by age count from then.
+    retried_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +177,33 @@ class Outcome:
     detail: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """An ``Idempotency-Key``, the fingerprint of the request using it, and a token that
+    tells this request's reservation from a later one's (after one was abandoned)."""
+
+    key: str
+    request_hash: str
+    token: str = field(default_factory=lambda: os.urandom(8).hex())
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What reserving an idempotency key found.
+
+    ``state`` is ``reserved`` (first use: go on and store the message), ``done`` (a
+    finished request: answer ``response`` again), ``in_flight`` (409) or ``mismatch``
+    (the key was used with another request: 422).
+    """
+
+    state: Literal["reserved", "done", "in_flight", "mismatch"]
+    response: dict[str, Any] | None = None
+
+
+#: A reservation whose request never finished (its process died) is given up after this.
+ABANDONED_RESERVATION_SECONDS = 60.0
+
+
 class Outbox(abc.ABC):
     """Durable storage of accepted messages and their delivery outcomes."""
 
@@ -183,11 +215,51 @@ class Outbox(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def add(self, message: NewMessage, *, subscribers: Sequence[str]) -> MessageRecord:
-        """Store ``message`` with a queued delivery per subscriber; durable on return."""
+    async def add(
+        self,
+        message: NewMessage,
+        *,
+        subscribers: Sequence[str],
+        idempotency_key: IdempotencyKey | None = None,
+        respond: Callable[[MessageRecord], dict[str, Any]] | None = None,
+    ) -> MessageRecord:
+        """Store ``message`` with a queued delivery per subscriber; durable on return.
+
+        With ``idempotency_key`` (reserved before), the key is marked done with the
+        response ``respond`` builds, in the same transaction as the message.
+        """
 
     @abc.abstractmethod
     async def get(self, message_id: str) -> MessageRecord | None: ...
+
+    @abc.abstractmethod
+    async def reserve(self, key: IdempotencyKey, *, ttl: float) -> Reservation:
+        """Reserve ``key`` for a request, or report why it cannot be (see Reservation)."""
+
+    @abc.abstractmethod
+    async def forget(self, key: IdempotencyKey) -> None:
+        """Drop a reservation whose request failed before storing anything."""
+
+    @abc.abstractmethod
+    async def list_messages(
+        self, *, status: DeliveryStatus, limit: int, before: str | None
+    ) -> list[MessageRecord]:
+        """Messages whose overall status is ``status``, newest first, ids below ``before``."""
+
+    @abc.abstractmethod
+    async def retry(self, message_id: str) -> MessageRecord | None:
+        """Queue a message's failed deliveries again, now, with a fresh attempt budget.
+
+        Returns the updated record, or None for an unknown id.
+        """
+
+    @abc.abstractmethod
+    async def release_dead(self, is_dead: Callable[[str], bool]) -> int:
+        """Hand back every lease whose owner ``is_dead``; return how many."""
+
+    @abc.abstractmethod
+    async def purge(self) -> None:
+        """Delete idempotency keys past their expiry."""
 
     @abc.abstractmethod
     async def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
@@ -231,9 +303,29 @@ class SqliteOutbox(Outbox):
             self._migrated = False
             await asyncio.get_running_loop().run_in_executor(None, thread.stop)
 
-    async def add(self, message: NewMessage, *, subscribers: Sequence[str]) -> MessageRecord:
+    async def add(
+        self,
+        message: NewMessage,
+        *,
+        subscribers: Sequence[str],
+        idempotency_key: IdempotencyKey | None = None,
+        respond: Callable[[MessageRecord], dict[str, Any]] | None = None,
+    ) -> MessageRecord:
         record_id = new_message_id()
         now = self._clock()
+        record = MessageRecord(
+            id=record_id,
+            template=message.template,
+            message_id=message.message_id,
+            sender=message.sender,
+            recipients=list(message.recipients),
+            created_at=now,
+            deliveries=[
+                DeliveryRecord(name, "queued", 0, None, None, now, now, None)
+                for name in subscribers
+            ],
+        )
+        response = json.dumps(respond(record)) if respond is not None else None
 
         def insert(db: sqlite3.Connection) -> None:
             db.execute(
@@ -255,59 +347,133 @@ class SqliteOutbox(Outbox):
                 " next_attempt_at, updated_at) VALUES (?, ?, 'queued', 0, ?, ?)",
                 [(record_id, name, now, now) for name in subscribers],
             )
+            if idempotency_key is not None:
+                updated = db.execute(
+                    "UPDATE idempotency_keys SET state = 'done', message = ?, response = ?"
+                    " WHERE key = ? AND token = ? AND state = 'pending'",
+                    (record_id, response, idempotency_key.key, idempotency_key.token),
+                ).rowcount
+                if updated != 1:
+                    # The reservation was given up as abandoned and taken by another
+                    # request meanwhile: storing this message too would send it twice.
+                    raise IdempotencyConflict(idempotency_key.key)
 
         await (await self._store()).run(insert, write=True, durable=True)
-        deliveries = [
-            DeliveryRecord(name, "queued", 0, None, None, now, now, None) for name in subscribers
-        ]
-        return MessageRecord(
-            id=record_id,
-            template=message.template,
-            message_id=message.message_id,
-            sender=message.sender,
-            recipients=list(message.recipients),
-            created_at=now,
-            deliveries=deliveries,
-        )
+        return record
 
-    async def get(self, message_id: str) -> MessageRecord | None:
-        def select(db: sqlite3.Connection) -> MessageRecord | None:
+    async def reserve(self, key: IdempotencyKey, *, ttl: float) -> Reservation:
+        now = self._clock()
+
+        def take(db: sqlite3.Connection) -> Reservation:
             row = db.execute(
-                "SELECT id, template, message_id, sender, recipients, created_at"
-                " FROM messages WHERE id = ?",
-                (message_id,),
+                "SELECT request_hash, state, response, created_at, expires_at"
+                " FROM idempotency_keys WHERE key = ?",
+                (key.key,),
             ).fetchone()
-            if row is None:
-                return None
-            deliveries = [
-                DeliveryRecord(
-                    subscriber=d[0],
-                    status=d[1],
-                    attempts=d[2],
-                    last_error=d[3],
-                    smtp_code=d[4],
-                    next_attempt_at=d[5],
-                    updated_at=d[6],
-                    detail=json.loads(d[7]) if d[7] else None,
-                )
-                for d in db.execute(
-                    "SELECT subscriber, status, attempts, last_error, smtp_code,"
-                    " next_attempt_at, updated_at, detail FROM deliveries WHERE message = ?"
-                    " ORDER BY rowid",
-                    (message_id,),
-                )
-            ]
-            return MessageRecord(
-                id=row[0],
-                template=row[1],
-                message_id=row[2],
-                sender=row[3],
-                recipients=json.loads(row[4]),
-                created_at=row[5],
-                deliveries=deliveries,
+            if row is not None:
+                request_hash, state, response, created_at, expires_at = row
+                abandoned = state == "pending" and now - created_at > ABANDONED_RESERVATION_SECONDS
+                if expires_at > now and not abandoned:
+                    if request_hash != key.request_hash:
+                        return Reservation("mismatch")
+                    if state == "pending":
+                        return Reservation("in_flight")
+                    return Reservation("done", json.loads(response))
+                db.execute("DELETE FROM idempotency_keys WHERE key = ?", (key.key,))
+            db.execute(
+                "INSERT INTO idempotency_keys (key, request_hash, token, state, created_at,"
+                " expires_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+                (key.key, key.request_hash, key.token, now, now + ttl),
+            )
+            return Reservation("reserved")
+
+        # A write transaction: SQLite's write lock makes check-and-insert atomic, also
+        # between processes sharing the outbox (--workers N).
+        return await (await self._store()).run(take, write=True)
+
+    async def forget(self, key: IdempotencyKey) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            db.execute(
+                "DELETE FROM idempotency_keys WHERE key = ? AND token = ? AND state = 'pending'",
+                (key.key, key.token),
             )
 
+        await (await self._store()).run(delete, write=True)
+
+    async def list_messages(
+        self, *, status: DeliveryStatus, limit: int, before: str | None
+    ) -> list[MessageRecord]:
+        driving = {
+            # Drive from the (few) failed deliveries, not from every message.
+            "failed": "m.id IN (SELECT message FROM deliveries WHERE status = 'failed')"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = m.id"
+            " AND d.status IN ('queued', 'sending'))",
+            "sending": "m.id IN (SELECT message FROM deliveries WHERE status = 'sending')",
+            "queued": "m.id IN (SELECT message FROM deliveries WHERE status = 'queued')"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = m.id"
+            " AND d.status = 'sending')",
+            "delivered": "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message = m.id"
+            " AND d.status != 'delivered')",
+        }[status]
+        query = (
+            f"SELECT m.id FROM messages m WHERE {driving} AND m.id < ?"  # noqa: S608
+            " ORDER BY m.id DESC LIMIT ?"
+        )
+
+        def select(db: sqlite3.Connection) -> list[MessageRecord]:
+            ids = [row[0] for row in db.execute(query, (before or "~", limit))]
+            return [record for i in ids if (record := _select_record(db, i)) is not None]
+
         return await (await self._store()).run(select, write=False)
+
+    async def retry(self, message_id: str) -> MessageRecord | None:
+        now = self._clock()
+
+        def requeue(db: sqlite3.Connection) -> MessageRecord | None:
+            db.execute(
+                "UPDATE deliveries SET status = 'queued', attempts = 0, next_attempt_at = ?,"
+                " updated_at = ? WHERE message = ? AND status = 'failed'",
+                (now, now, message_id),
+            )
+            db.execute("UPDATE messages SET retried_at = ? WHERE id = ?", (now, message_id))
+            return _select_record(db, message_id)
+
+        return await (await self._store()).run(requeue, write=True, durable=True)
+
+    async def release_dead(self, is_dead: Callable[[str], bool]) -> int:
+        now = self._clock()
+
+        def release(db: sqlite3.Connection) -> int:
+            owners = [
+                row[0]
+                for row in db.execute(
+                    "SELECT DISTINCT lease_owner FROM deliveries WHERE status = 'sending'"
+                )
+            ]
+            released = 0
+            for owner in filter(is_dead, owners):
+                released += db.execute(
+                    "UPDATE deliveries SET status = 'queued', next_attempt_at = ?,"
+                    " lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                    " WHERE status = 'sending' AND lease_owner = ?",
+                    (now, now, owner),
+                ).rowcount
+            return released
+
+        return await (await self._store()).run(release, write=True)
+
+    async def purge(self) -> None:
+        now = self._clock()
+
+        def delete(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
+
+        await (await self._store()).run(delete, write=True)
+
+    async def get(self, message_id: str) -> MessageRecord | None:
+        return await (await self._store()).run(
+            lambda db: _select_record(db, message_id), write=False
+        )
 
     async def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
         now = self._clock()
@@ -332,8 +498,8 @@ class SqliteOutbox(Outbox):
                 return []
             marks = ",".join("?" * len(due))  # placeholders only; the ids are parameters
             select = (
-                "SELECT id, template, message_id, sender, recipients, data, created_at"  # noqa: S608
-                f" FROM messages WHERE id IN ({marks})"
+                "SELECT id, template, message_id, sender, recipients, data, created_at,"  # noqa: S608
+                f" retried_at FROM messages WHERE id IN ({marks})"
             )
             claims = []
             for row in db.execute(select, list(due)):
@@ -346,7 +512,7 @@ class SqliteOutbox(Outbox):
                     data=row[5],
                     created_at=datetime.fromtimestamp(row[6], UTC),
                 )
-                claims.append(Claim(message=message, subscribers=due[row[0]]))
+                claims.append(Claim(message=message, subscribers=due[row[0]], retried_at=row[7]))
             return claims
 
         return await (await self._store()).run(lease, write=True)
@@ -415,6 +581,43 @@ class SqliteOutbox(Outbox):
         return self._thread
 
 
+def _select_record(db: sqlite3.Connection, message_id: str) -> MessageRecord | None:
+    row = db.execute(
+        "SELECT id, template, message_id, sender, recipients, created_at"
+        " FROM messages WHERE id = ?",
+        (message_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    deliveries = [
+        DeliveryRecord(
+            subscriber=d[0],
+            status=d[1],
+            attempts=d[2],
+            last_error=d[3],
+            smtp_code=d[4],
+            next_attempt_at=d[5],
+            updated_at=d[6],
+            detail=json.loads(d[7]) if d[7] else None,
+        )
+        for d in db.execute(
+            "SELECT subscriber, status, attempts, last_error, smtp_code,"
+            " next_attempt_at, updated_at, detail FROM deliveries WHERE message = ?"
+            " ORDER BY rowid",
+            (message_id,),
+        )
+    ]
+    return MessageRecord(
+        id=row[0],
+        template=row[1],
+        message_id=row[2],
+        sender=row[3],
+        recipients=json.loads(row[4]),
+        created_at=row[5],
+        deliveries=deliveries,
+    )
+
+
 def _iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
@@ -453,6 +656,22 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX deliveries_due ON deliveries (next_attempt_at)
         WHERE status IN ('queued', 'sending');
+    """,
+    # 2: idempotency keys, manual retries, listing by status
+    """
+    CREATE TABLE idempotency_keys (
+        key TEXT PRIMARY KEY,
+        request_hash TEXT NOT NULL,
+        token TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'done')),
+        message TEXT REFERENCES messages (id) ON DELETE SET NULL,
+        response TEXT,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
+    ALTER TABLE messages ADD COLUMN retried_at REAL;
+    CREATE INDEX deliveries_status ON deliveries (status, message);
     """,
 ]
 

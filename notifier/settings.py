@@ -28,6 +28,7 @@ __all__ = [
     "SETTINGS_ENV",
     "DefaultsSettings",
     "DeliverySettings",
+    "IdempotencySettings",
     "LimitsSettings",
     "LogSettings",
     "OutboxSettings",
@@ -94,6 +95,14 @@ class DeliverySettings(_Section):
     subscriber_timeout: float = Field(60.0, gt=0)
     #: Messages delivered at the same time by one process.
     concurrency: int = Field(32, ge=1)
+    #: Seconds in-flight deliveries get to finish on shutdown before they are handed
+    #: back to the outbox (and delivered after the next start).
+    shutdown_grace: float = Field(10.0, ge=0)
+
+
+class IdempotencySettings(_Section):
+    #: Seconds an Idempotency-Key is remembered; at least 24 hours.
+    ttl: float = Field(24 * 3600.0, ge=24 * 3600.0)
 
 
 class LogSettings(_Section):
@@ -110,6 +119,7 @@ class Settings(_Section):
     outbox: OutboxSettings = OutboxSettings()
     limits: LimitsSettings = LimitsSettings()
     delivery: DeliverySettings = DeliverySettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
     log: LogSettings = LogSettings()
     subscribers: list[str] = Field(default_factory=lambda: ["smtp", "log"])
     message_id_domain: str = Field("localhost", min_length=1, pattern=r"^[A-Za-z0-9.-]+$")
