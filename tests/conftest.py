@@ -3,9 +3,11 @@ project's templates, and a real ``notifier serve`` process for end-to-end tests.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from quart.typing import TestClientProtocol as QuartClient
 from notifier.app import create_app
 from notifier.settings import Settings
 from tests.servers import ServeProcess
+
+MakeClient = Callable[..., Awaitable[QuartClient]]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,3 +90,55 @@ def serve(settings_file: Path) -> Iterator[ServeProcess]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def delivery_settings(settings_data: dict[str, Any], smtp_capture: Any) -> dict[str, Any]:
+    """Settings pointing smtp at the capture server, with quick retries."""
+    settings_data["smtp"] = {"host": smtp_capture.host, "port": smtp_capture.port, "timeout": 5}
+    settings_data["delivery"] = {
+        "backoff_initial": 0.05,
+        "backoff_max": 0.2,
+        "max_attempts": 3,
+        "subscriber_timeout": 5,
+    }
+    return settings_data
+
+
+@pytest.fixture
+async def serving(smtp_capture_factory: Any) -> AsyncIterator[MakeClient]:
+    """Start apps with their serving lifecycle (outbox, dispatcher) for a test.
+
+    Depends on the capture factory so that apps stop (closing their SMTP connections)
+    before the capture servers do.
+    """
+    started: list[Any] = []
+
+    async def start(settings: dict[str, Any]) -> QuartClient:
+        app = create_app(Settings.from_mapping(settings))
+        test_app = app.test_app()
+        await test_app.startup()
+        started.append(test_app)
+        client: QuartClient = test_app.test_client()
+        return client
+
+    yield start
+    for test_app in started:
+        await test_app.shutdown()
+
+
+async def wait_for_status(
+    client: QuartClient, location: str, done: Callable[[dict[str, Any]], bool], timeout: float = 10
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = await (await client.get(location)).get_json()
+        if done(body):
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"status never reached the expected state: {body}")
+        await asyncio.sleep(0.02)
+
+
+def finished(body: dict[str, Any]) -> bool:
+    return body["status"] in ("delivered", "failed")

@@ -79,6 +79,27 @@ class ServeProcess:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10.0)
 
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, as in a crash or an OOM kill."""
+        self.process.kill()
+        self.process.wait()
+        self._close_log()
+
+    def terminate(self) -> None:
+        """Send SIGTERM and return at once (see :meth:`wait`)."""
+        self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._close_log()
+        return code
+
+    def _close_log(self) -> None:
+        if self._drainer is not None:
+            self._drainer.join(timeout=5)
+        if self.process.stderr is not None and not self.process.stderr.closed:
+            self.process.stderr.close()
+
     def stop(self, timeout: float = 15.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -87,8 +108,5 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self._drainer is not None:
-            self._drainer.join(timeout=5)
-        if self.process.stderr is not None and not self.process.stderr.closed:
-            self.process.stderr.close()
+        self._close_log()
         return self.process.returncode

@@ -1,0 +1,230 @@
+"""Retries with backoff, permanent failures, a relay outage, operator retry, and
+idempotency-key rules: against a real capture server with fault injection."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from notifier.capture.server import BackgroundCaptureServer
+from notifier.outbox import IdempotencyKey, NewMessage, SqliteOutbox
+from tests.conftest import MakeClient, finished, wait_for_status
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+async def test_451_then_accept_is_delivered_once_after_backoff(
+    serving: MakeClient,
+    delivery_settings: dict[str, Any],
+    smtp_capture: Any,
+    burger_order: dict[str, Any],
+) -> None:
+    smtp_capture.faults.add("bob@example.com", "fail-451", times=2)
+    delivery_settings["subscribers"] = ["smtp"]
+    delivery_settings["delivery"] = {"backoff_initial": 0.3, "backoff_max": 1, "max_attempts": 5}
+    client = await serving(delivery_settings)
+    started = time.monotonic()
+    response = await client.post("/v1/send/burger_receipt", json=burger_order)
+    location = response.headers["Location"]
+
+    first = await wait_for_status(
+        client, location, lambda b: b["subscribers"]["smtp"]["attempts"] >= 1
+    )
+    smtp = first["subscribers"]["smtp"]
+    assert smtp["status"] == "queued"
+    assert smtp["smtp_code"] == 451
+    assert "451" in smtp["last_error"]
+    delay = _epoch(smtp["next_attempt_at"]) - _epoch(smtp["updated_at"])
+    assert 0.15 - 0.01 <= delay <= 0.3 + 0.01  # backoff_initial with equal jitter
+
+    done = await wait_for_status(client, location, finished)
+    elapsed = time.monotonic() - started
+    assert done["status"] == "delivered"
+    assert done["subscribers"]["smtp"]["attempts"] == 3
+    assert done["subscribers"]["smtp"]["last_error"] is None
+    # Two waits: at least 0.15 s (first) and 0.3 s (second, doubled, half of it fixed).
+    assert elapsed >= 0.45
+    assert len(smtp_capture.messages) == 1
+
+
+async def test_550_fails_at_once_without_retry(
+    serving: MakeClient,
+    delivery_settings: dict[str, Any],
+    smtp_capture: Any,
+    burger_order: dict[str, Any],
+) -> None:
+    smtp_capture.faults.add("bob@example.com", "fail-550")
+    delivery_settings["subscribers"] = ["smtp"]
+    client = await serving(delivery_settings)
+    response = await client.post("/v1/send/burger_receipt", json=burger_order)
+    done = await wait_for_status(client, response.headers["Location"], finished)
+    smtp = done["subscribers"]["smtp"]
+    assert done["status"] == "failed"
+    assert smtp["attempts"] == 1
+    assert smtp["smtp_code"] == 550
+    assert smtp_capture.messages == []
+
+
+async def test_messages_accepted_during_a_relay_outage_arrive_after_it(
+    serving: MakeClient,
+    settings_data: dict[str, Any],
+    burger_order: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    relay = BackgroundCaptureServer(tmp_path / "relay")
+    relay.start()
+    port = relay.port  # picked at run time; the relay comes back on the same one
+    relay.stop()
+    settings_data["smtp"] = {"host": "127.0.0.1", "port": port, "timeout": 2}
+    settings_data["subscribers"] = ["smtp"]
+    settings_data["delivery"] = {"backoff_initial": 0.05, "backoff_max": 0.3, "max_attempts": 100}
+    client = await serving(settings_data)
+    locations = []
+    for n in range(5):
+        response = await client.post(
+            "/v1/send/burger_receipt", json={**burger_order, "name": f"Customer {n}"}
+        )
+        assert response.status_code == 202
+        locations.append(response.headers["Location"])
+    failing = await wait_for_status(
+        client, locations[-1], lambda b: b["subscribers"]["smtp"]["attempts"] >= 2
+    )
+    assert failing["status"] == "queued"
+    assert "connection" in failing["subscribers"]["smtp"]["last_error"].lower()
+
+    revived = BackgroundCaptureServer(tmp_path / "relay", port=port)
+    revived.start()
+    try:
+        for location in locations:
+            done = await wait_for_status(client, location, finished, timeout=20)
+            assert done["status"] == "delivered"
+        names = sorted(m.text.splitlines()[0] for m in revived.messages)
+        assert names == [f"Hello Customer {n}," for n in range(5)]
+    finally:
+        revived.stop()
+
+
+async def test_failed_messages_are_listed_in_pages_and_can_be_retried(
+    serving: MakeClient,
+    delivery_settings: dict[str, Any],
+    smtp_capture: Any,
+    burger_order: dict[str, Any],
+) -> None:
+    smtp_capture.faults.add("bob@example.com", "fail-550", times=3)
+    delivery_settings["subscribers"] = ["smtp"]
+    client = await serving(delivery_settings)
+    ids = []
+    for _ in range(3):
+        response = await client.post("/v1/send/burger_receipt", json=burger_order)
+        ids.append((await response.get_json())["id"])
+        await wait_for_status(client, response.headers["Location"], finished)
+
+    page = await (await client.get("/v1/messages?status=failed&limit=2")).get_json()
+    assert [m["id"] for m in page["messages"]] == [ids[2], ids[1]]
+    assert page["next"] is not None
+    rest = await (await client.get(page["next"])).get_json()
+    assert [m["id"] for m in rest["messages"]] == [ids[0]]
+    assert rest["next"] is None
+    assert (await (await client.get("/v1/messages?status=delivered")).get_json())["messages"] == []
+
+    retried = await client.post(f"/v1/messages/{ids[0]}/retry")
+    assert retried.status_code == 202
+    body = await retried.get_json()
+    assert body["subscribers"]["smtp"]["status"] == "queued"
+    assert body["subscribers"]["smtp"]["attempts"] == 0
+    done = await wait_for_status(client, f"/v1/messages/{ids[0]}", finished)
+    assert done["status"] == "delivered"
+    assert len(smtp_capture.messages) == 1
+
+    again = await client.post(f"/v1/messages/{ids[0]}/retry")
+    assert again.status_code == 409
+    assert again.mimetype == "application/problem+json"
+    assert (await client.post("/v1/messages/nope/retry")).status_code == 404
+    bad = await client.get("/v1/messages?status=lost")
+    assert bad.status_code == 400
+    assert bad.mimetype == "application/problem+json"
+
+
+async def test_idempotency_key_rules(
+    serving: MakeClient,
+    delivery_settings: dict[str, Any],
+    smtp_capture: Any,
+    burger_order: dict[str, Any],
+) -> None:
+    client = await serving(delivery_settings)
+    headers = {"Idempotency-Key": "order-1001-receipt"}
+    first = await client.post("/v1/send/burger_receipt", json=burger_order, headers=headers)
+    assert first.status_code == 202
+    again = await client.post("/v1/send/burger_receipt", json=burger_order, headers=headers)
+    assert again.status_code == 202
+    assert await again.get_json() == await first.get_json()
+    assert again.headers["Location"] == first.headers["Location"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+    other = await client.post(
+        "/v1/send/burger_receipt", json={**burger_order, "name": "Eve"}, headers=headers
+    )
+    assert other.status_code == 422
+    assert (await other.get_json())["type"].endswith("idempotency-key-reused")
+
+    for bad_key in ["", " leading", "x" * 256, "caf\u00e9"]:
+        response = await client.post(
+            "/v1/send/burger_receipt", json=burger_order, headers={"Idempotency-Key": bad_key}
+        )
+        assert response.status_code == 400, bad_key
+
+    # A request that fails to render frees its key for a corrected one.
+    broken = {k: v for k, v in burger_order.items() if k != "name"}
+    fresh = {"Idempotency-Key": "order-1002-receipt"}
+    assert (
+        await client.post("/v1/send/burger_receipt", json=broken, headers=fresh)
+    ).status_code == 422
+    assert (
+        await client.post("/v1/send/burger_receipt", json=burger_order, headers=fresh)
+    ).status_code == 202
+
+    await smtp_capture.wait_for_async(2, timeout=10)
+    assert len(smtp_capture.messages) == 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_idempotency_keys_expire_and_abandoned_reservations_are_given_up(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    outbox = SqliteOutbox(tmp_path / "o.sqlite3", clock=clock)
+    await outbox.open()
+    key = IdempotencyKey("k", "hash-a")
+    assert (await outbox.reserve(key, ttl=86400)).state == "reserved"
+    assert (await outbox.reserve(IdempotencyKey("k", "hash-a"), ttl=86400)).state == "in_flight"
+    message = NewMessage("t", "h", "<m@x>", "a@x.org", ["b@x.org"], b"data")
+    await outbox.add(message, subscribers=[], idempotency_key=key, respond=lambda r: {"id": r.id})
+    replay = await outbox.reserve(IdempotencyKey("k", "hash-a"), ttl=86400)
+    assert replay.state == "done"
+    assert replay.response is not None
+    assert (await outbox.reserve(IdempotencyKey("k", "hash-b"), ttl=86400)).state == "mismatch"
+    clock.now += 86400 + 1
+    await outbox.purge()
+    assert (await outbox.reserve(IdempotencyKey("k", "hash-b"), ttl=86400)).state == "reserved"
+
+    stuck = IdempotencyKey("stuck", "h")
+    assert (await outbox.reserve(stuck, ttl=86400)).state == "reserved"
+    clock.now += 61  # its request's process died before storing anything
+    taker = IdempotencyKey("stuck", "h")
+    assert (await outbox.reserve(taker, ttl=86400)).state == "reserved"
+    with pytest.raises(Exception, match="still being handled"):
+        await outbox.add(message, subscribers=[], idempotency_key=stuck)
+    await outbox.close()
