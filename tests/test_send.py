@@ -3,20 +3,16 @@ to a real capture server (aiosmtpd) and recorded per subscriber."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 import ssl
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
 from quart import Quart
-from quart.typing import TestClientProtocol as QuartClient
 
 from notifier.app import create_app
 from notifier.errors import SettingsError
