@@ -8,14 +8,15 @@ COPY notifier ./notifier
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.12-slim
+# No settings file: the image runs on notifier's embedded defaults (JSON logs, no sender
+# allowed but defaults.from) plus NOTIFIER_* variables; the repository's settings.yml is
+# for local use only.
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    NOTIFIER_SETTINGS=/app/settings.yml
+    PYTHONUNBUFFERED=1
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin notifier
 WORKDIR /app
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-COPY settings.yml ./settings.yml
 COPY templates ./templates
 RUN mkdir -p /app/var && chown notifier:notifier /app/var
 USER notifier

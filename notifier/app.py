@@ -9,7 +9,9 @@ from typing import Any
 from quart import Quart
 
 from notifier.api import register_blueprints
+from notifier.api.auth import Authenticator
 from notifier.api.problems import register_error_handlers
+from notifier.api.ratelimit import RateLimiter
 from notifier.dispatch import Dispatcher
 from notifier.errors import OutboxUnavailable
 from notifier.outbox import Outbox, SqliteOutbox
@@ -64,6 +66,9 @@ def create_app(
             await subscriber.aclose()
         await store.close()
 
+    # Order matters: authentication names the caller, the rate limit counts by it.
+    Authenticator(settings.auth).init_app(app)
+    RateLimiter(settings.limits).init_app(app)
     register_error_handlers(app)
     register_blueprints(app)
     return app

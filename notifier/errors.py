@@ -13,6 +13,7 @@ __all__ = [
     "BadRequestBody",
     "ComposeError",
     "DeliveryFailure",
+    "Forbidden",
     "HeaderInjection",
     "IdempotencyConflict",
     "IdempotencyMismatch",
@@ -24,9 +25,11 @@ __all__ = [
     "OutboxUnavailable",
     "PartialDelivery",
     "PermanentFailure",
+    "RateLimited",
     "SettingsError",
     "TemplateError",
     "TransientFailure",
+    "Unauthorized",
     "UnknownMessage",
     "UnknownTemplate",
     "UnsupportedMediaType",
@@ -39,6 +42,8 @@ class NotifierError(Exception):
     status: int = 500
     slug: str = "internal-error"
     title: str = "Internal error"
+    #: HTTP headers the problem response carries (``WWW-Authenticate``, ``Retry-After``).
+    headers: dict[str, str] = {}  # noqa: RUF012 (a default, replaced per instance)
 
     def __init__(self, detail: str, *, title: str | None = None, **extra: Any) -> None:
         super().__init__(detail)
@@ -213,6 +218,35 @@ class NothingToRetry(NotifierError):
     status = 409
     slug = "nothing-to-retry"
     title = "The message has no failed delivery"
+
+
+class Unauthorized(NotifierError, PermissionError):
+    """No valid ``Authorization: Bearer`` token where tokens are configured (401)."""
+
+    status = 401
+    slug = "unauthorized"
+    title = "A valid API token is required"
+    headers = {"WWW-Authenticate": 'Bearer realm="notifier"'}  # noqa: RUF012
+
+
+class Forbidden(NotifierError, PermissionError):
+    """The token is valid but lacks the scope this route needs (403)."""
+
+    status = 403
+    slug = "forbidden"
+    title = "The token lacks the scope for this request"
+
+
+class RateLimited(NotifierError):
+    """The caller exceeded its request rate (429, with ``Retry-After``)."""
+
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class UnknownMessage(NotifierError, LookupError):

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from notifier.errors import SettingsError
 
 __all__ = [
     "ENV_PREFIX",
     "SETTINGS_ENV",
+    "ApiToken",
+    "AuthSettings",
     "DefaultsSettings",
     "DeliverySettings",
     "IdempotencySettings",
@@ -80,6 +82,37 @@ class OutboxSettings(_Section):
 class LimitsSettings(_Section):
     #: Largest accepted request body, in bytes; larger bodies get 413.
     max_body_bytes: int = Field(1024 * 1024, ge=1)
+    #: Most envelope recipients (To + Cc + Bcc) one message may have.
+    max_recipients: int = Field(50, ge=1)
+    #: Envelope senders allowed: addresses (``shop@example.com``), domains
+    #: (``@example.com``) or ``*`` for any. Empty (the default): only ``defaults.from``, so
+    #: that a service left on its defaults is not an open relay.
+    allowed_senders: list[str] = Field(default_factory=list)
+    #: Requests per minute per API token (per client address when no tokens are set);
+    #: 0 turns the limit off.
+    rate_per_minute: int = Field(600, ge=0)
+    #: Requests a token may make at once above the steady rate.
+    rate_burst: int = Field(60, ge=1)
+
+
+class ApiToken(_Section):
+    """One API caller: ``Authorization: Bearer <token>``."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    token: SecretStr
+    scopes: list[Literal["send", "admin"]] = Field(min_length=1)
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr) -> SecretStr:
+        if len(token.get_secret_value()) < 16:
+            raise ValueError("tokens must be at least 16 characters")
+        return token
+
+
+class AuthSettings(_Section):
+    #: No tokens: the API is open (a warning is logged at start-up).
+    tokens: list[ApiToken] = Field(default_factory=list)
 
 
 class DeliverySettings(_Section):
@@ -108,6 +141,9 @@ class IdempotencySettings(_Section):
 class LogSettings(_Section):
     #: Write full recipient addresses in delivery log lines (off: only their count).
     include_addresses: bool = False
+    #: ``json``: one JSON object per line, for log pipelines; ``text``: for people.
+    format: Literal["json", "text"] = "json"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class Settings(_Section):
@@ -120,6 +156,7 @@ class Settings(_Section):
     limits: LimitsSettings = LimitsSettings()
     delivery: DeliverySettings = DeliverySettings()
     idempotency: IdempotencySettings = IdempotencySettings()
+    auth: AuthSettings = AuthSettings()
     log: LogSettings = LogSettings()
     subscribers: list[str] = Field(default_factory=lambda: ["smtp", "log"])
     message_id_domain: str = Field("localhost", min_length=1, pattern=r"^[A-Za-z0-9.-]+$")
@@ -222,7 +259,7 @@ def _describe_validation_error(exc: ValidationError) -> str:
         return f"settings: unknown key {key!r}"
     value = error.get("input")
     shown = "" if isinstance(value, Mapping) else f" (got {value!r})"
-    if "password" in key:
+    if "password" in key or "token" in key:
         shown = ""  # never echo a secret, even a malformed one
     more = f"; {exc.error_count() - 1} more error(s)" if exc.error_count() > 1 else ""
     return f"settings: {key}: {error['msg']}{shown}{more}"

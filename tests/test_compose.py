@@ -244,6 +244,7 @@ def test_settings_domain_reaches_message_id(tmp_path: Path) -> None:
         {
             "templates": {"dir": str(Path(__file__).parent.parent / "templates")},
             "message_id_domain": "notify.example.net",
+            "limits": {"allowed_senders": ["@example-shop.com"]},
         }
     )
     renderer = Renderer.from_settings(settings)

@@ -36,6 +36,7 @@ async def _notifier_error(error: NotifierError) -> Response:
         detail=error.detail,
         title=error.title,
         type_=PROBLEM_TYPE_BASE + error.slug,
+        headers=error.headers,
         **error.extra,
     )
 

@@ -1,0 +1,99 @@
+"""API tokens: ``Authorization: Bearer <token>``, each with scopes.
+
+``send`` covers ``POST /v1/render/*``, ``POST /v1/send/*`` and ``GET /v1/messages/<id>``;
+``admin`` covers everything else under ``/v1``. ``/healthz``, ``/readyz``, ``/metrics``
+and the API description need no token. With no tokens configured the API is open (a
+warning is logged when the app starts), which suits local use only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass
+
+from quart import Quart, g, request
+
+from notifier.errors import Forbidden, Unauthorized
+from notifier.settings import AuthSettings
+
+__all__ = ["SEND_ENDPOINTS", "Authenticator"]
+
+logger = logging.getLogger("notifier.auth")
+
+#: Endpoints the ``send`` scope opens; every other ``/v1`` endpoint needs ``admin``.
+SEND_ENDPOINTS = frozenset(
+    {"render.render_message", "messages.send_message", "messages.get_message"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _KnownToken:
+    name: str
+    digest: bytes
+    scopes: frozenset[str]
+
+
+class Authenticator:
+    """Checks each ``/v1`` request's bearer token and scope (a ``before_request`` hook)."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        # Only digests are kept: comparing fixed-length digests in constant time leaks
+        # neither a token's content nor its length through timing.
+        self._tokens = [
+            _KnownToken(
+                name=token.name,
+                digest=_digest(token.token.get_secret_value()),
+                scopes=frozenset(token.scopes),
+            )
+            for token in settings.tokens
+        ]
+
+    @property
+    def open(self) -> bool:
+        return not self._tokens
+
+    def init_app(self, app: Quart) -> None:
+        app.before_request(self.check)
+
+        @app.before_serving
+        async def warn_when_open() -> None:
+            if self.open:
+                logger.warning(
+                    "no API tokens are configured (auth.tokens): the API is open to anyone"
+                    " who can reach it; configure tokens outside local use"
+                )
+
+    async def check(self) -> None:
+        g.token_name = None
+        if self.open or not request.path.startswith("/v1/"):
+            return
+        token = self._authenticate(request.headers.get("Authorization", ""))
+        g.token_name = token.name
+        rule = request.url_rule
+        if rule is None:
+            return  # unknown path: routing answers 404/405 to an authenticated caller
+        needed = "send" if rule.endpoint in SEND_ENDPOINTS else "admin"
+        if needed not in token.scopes and "admin" not in token.scopes:
+            raise Forbidden(
+                f"token {token.name!r} lacks the {needed!r} scope for this request",
+                scope=needed,
+            )
+
+    def _authenticate(self, header: str) -> _KnownToken:
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise Unauthorized("send 'Authorization: Bearer <token>'")
+        digest = _digest(presented.strip())
+        found = None
+        for token in self._tokens:  # compare with every token: no early exit on a match
+            if hmac.compare_digest(digest, token.digest):
+                found = token
+        if found is None:
+            raise Unauthorized("the token is not valid")
+        return found
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
