@@ -183,12 +183,17 @@ SCHEMAS: JSONObject = {
         {"templates": {"type": "array", "items": _schema("TemplateInfo")}},
     ),
     "Health": _object({"status": {"const": "ok"}}),
-    "Readiness": {
-        "type": "object",
-        "properties": {"status": _STRING},
-        "required": ["status"],
-        "additionalProperties": True,
-    },
+    "Readiness": _object(
+        {
+            "status": {"type": "string", "enum": ["ready", "unavailable"]},
+            "checks": {
+                "type": "object",
+                "description": "Each check (`templates`, `outbox`, and `smtp` when smtp is "
+                "a subscriber): `ok`, or why it failed.",
+                "additionalProperties": _STRING,
+            },
+        }
+    ),
 }
 
 
@@ -396,6 +401,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                         "operationId": "getMessage",
                         "parameters": {"message_id": "$response.body#/id"},
                     },
+                    "RetryMessage": {
+                        "operationId": "retryMessage",
+                        "parameters": {"message_id": "$response.body#/id"},
+                    },
                 },
             }
         },
@@ -472,11 +481,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         responses={
             "200": {"description": "Ready.", "content": _json(_schema("Readiness"))},
             "503": {
-                "description": "Not ready; the body says which check failed.",
-                "content": {
-                    **_json(_schema("Readiness")),
-                    **_json(_schema("Problem"), PROBLEM_CONTENT_TYPE),
-                },
+                "description": "Not ready; `checks` says which check failed and why.",
+                "content": _json(_schema("Readiness")),
             },
         },
     ),
