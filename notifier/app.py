@@ -12,14 +12,17 @@ from notifier.api import register_blueprints
 from notifier.api.auth import Authenticator
 from notifier.api.problems import register_error_handlers
 from notifier.api.ratelimit import RateLimiter
+from notifier.api.tracing import init_tracing
 from notifier.dispatch import Dispatcher
 from notifier.errors import OutboxUnavailable
+from notifier.logs import configure_logging
+from notifier.metrics import Metrics
 from notifier.outbox import Outbox, SqliteOutbox
 from notifier.renderer import Renderer
 from notifier.settings import Settings, load_settings
 from notifier.subscribers import load_subscribers
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_served_app"]
 
 logger = logging.getLogger("notifier")
 
@@ -41,11 +44,13 @@ def create_app(
 
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
+    metrics = Metrics()
     app.extensions["notifier.settings"] = settings
+    app.extensions["notifier.metrics"] = metrics
     app.extensions["notifier.renderer"] = Renderer.from_settings(settings)
     store = outbox if outbox is not None else SqliteOutbox(settings.outbox.path)
     subscribers = load_subscribers(settings)
-    dispatcher = Dispatcher(app, store, subscribers, settings.delivery)
+    dispatcher = Dispatcher(app, store, subscribers, settings.delivery, metrics=metrics)
     app.extensions["notifier.outbox"] = store
     app.extensions["notifier.dispatcher"] = dispatcher
 
@@ -66,9 +71,19 @@ def create_app(
             await subscriber.aclose()
         await store.close()
 
-    # Order matters: authentication names the caller, the rate limit counts by it.
+    # Order matters: authentication names the caller, the rate limit counts by it; the
+    # request id comes first of all (init_tracing puts its hook in front).
     Authenticator(settings.auth).init_app(app)
     RateLimiter(settings.limits).init_app(app)
+    init_tracing(app, metrics)
     register_error_handlers(app)
     register_blueprints(app)
     return app
+
+
+def create_served_app() -> Quart:
+    """The app ``notifier serve`` runs (in each worker): settings from the environment
+    and notifier's log format on stderr."""
+    settings = load_settings()
+    configure_logging(settings.log)
+    return create_app(settings)

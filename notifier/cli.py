@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from notifier.errors import NotifierError
+from notifier.logs import configure_logging
 from notifier.renderer import Renderer
 from notifier.settings import SETTINGS_ENV, Settings, load_settings
 from notifier.subscribers import load_subscribers
@@ -84,6 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
     # each worker.
     settings = _settings(args)
     load_subscribers(settings)
+    configure_logging(settings.log)
     if args.settings is not None:
         # Workers build the app themselves (hypercorn imports the factory path below).
         os.environ[SETTINGS_ENV] = str(args.settings.resolve())
@@ -91,7 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
         print("notifier serve: --workers must be at least 1", file=sys.stderr)
         return 2
     config = Config()
-    config.application_path = "notifier.app:create_app()"
+    config.application_path = "notifier.app:create_served_app()"
     config.bind = [f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"]
     # One worker runs in this process, so signals and exit codes are the service's own.
     config.workers = 0 if args.workers == 1 else args.workers

@@ -24,6 +24,8 @@ from typing import Any
 from quart import Quart
 
 from notifier.errors import DeliveryFailure, OutboxUnavailable, PartialDelivery, PermanentFailure
+from notifier.logs import fields
+from notifier.metrics import Metrics
 from notifier.outbox import Claim, DeliveryState, Outbox, Outcome
 from notifier.settings import DeliverySettings
 from notifier.signals import OutboundMessage, message_ready
@@ -63,6 +65,8 @@ class DeliveryRound:
         self.claim = claim
         self._timeout = timeout
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        #: perf_counter() when each subscriber was started, for its duration.
+        self.started_at: dict[str, float] = {}
 
     def is_due(self, name: str) -> bool:
         return name in self.claim.subscribers and name not in self._tasks
@@ -74,6 +78,7 @@ class DeliveryRound:
         )
 
     def start(self, name: str, call: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        self.started_at[name] = time.perf_counter()
         self._tasks[name] = asyncio.create_task(
             asyncio.wait_for(call(), self._timeout), name=f"deliver {name}"
         )
@@ -106,8 +111,10 @@ class Dispatcher:
         *,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        metrics: Metrics | None = None,
     ) -> None:
         self._app = app
+        self._metrics = metrics or Metrics()
         self._outbox = outbox
         self._subscribers = subscribers
         self._settings = settings
@@ -270,7 +277,8 @@ class Dispatcher:
         self, delivery_round: DeliveryRound, name: str, result: Any, recorded: set[str]
     ) -> None:
         claim = delivery_round.claim
-        outcome = self._outcome(claim, claim.subscribers[name], result)
+        state = claim.subscribers[name]
+        outcome = self._outcome(claim, state, result)
         message = claim.message
         try:
             await self._outbox.record(message.id, owner=self.owner, outcomes={name: outcome})
@@ -278,6 +286,34 @@ class Dispatcher:
             # The lease runs out and the message is delivered again: at-least-once.
             logger.error("cannot record the outcome of message %s: %s", message.id, exc.detail)
         recorded.add(name)
+        self._observe(delivery_round, name, state.attempts + 1, outcome)
+
+    def _observe(
+        self, delivery_round: DeliveryRound, name: str, attempt: int, outcome: Outcome
+    ) -> None:
+        """One log line and the metrics for one delivery attempt."""
+        started = delivery_round.started_at.get(name)
+        elapsed = time.perf_counter() - started if started is not None else None
+        label = "retried" if outcome.status == "queued" else outcome.status
+        self._metrics.deliveries.labels(name, label).inc()
+        if elapsed is not None:
+            self._metrics.delivery_seconds.labels(name).observe(elapsed)
+        message = delivery_round.claim.message
+        logger.log(
+            logging.INFO if outcome.status == "delivered" else logging.WARNING,
+            "delivery attempt",
+            extra=fields(
+                id=message.id,
+                message_id=message.message_id,
+                request_id=message.request_id,
+                subscriber=name,
+                attempt=attempt,
+                outcome=label,
+                smtp_code=outcome.smtp_code,
+                error=outcome.error,
+                duration_ms=None if elapsed is None else round(elapsed * 1000, 2),
+            ),
+        )
 
     async def _release(self, message_id: str, names: list[str]) -> None:
         if not names:

@@ -76,6 +76,8 @@ class NewMessage:
     sender: str
     recipients: list[str]
     data: bytes = field(repr=False)
+    #: The accepting HTTP request's id (``X-Request-ID``), for following it in logs.
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,7 @@ class MessageRecord:
     recipients: list[str]
     created_at: float
     deliveries: list[DeliveryRecord]
+    request_id: str | None = None
 
     @property
     def status(self) -> DeliveryStatus:
@@ -127,6 +130,7 @@ class MessageRecord:
             "status": self.status,
             "created_at": _iso(self.created_at),
             "envelope": {"from": self.sender, "to": self.recipients},
+            "request_id": self.request_id,
             "subscribers": {d.subscriber: d.as_json() for d in self.deliveries},
         }
 
@@ -278,6 +282,10 @@ class Outbox(abc.ABC):
         """Epoch seconds of the next delivery that will become due, or None."""
 
     @abc.abstractmethod
+    async def stats(self) -> tuple[int, float | None]:
+        """Deliveries queued or being sent, and when the oldest such message was accepted."""
+
+    @abc.abstractmethod
     async def check(self) -> None:
         """Raise :class:`OutboxUnavailable` unless the outbox can store messages now."""
 
@@ -324,13 +332,14 @@ class SqliteOutbox(Outbox):
                 DeliveryRecord(name, "queued", 0, None, None, now, now, None)
                 for name in subscribers
             ],
+            request_id=message.request_id,
         )
         response = json.dumps(respond(record)) if respond is not None else None
 
         def insert(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO messages (id, template, context_hash, message_id, sender,"
-                " recipients, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " recipients, data, created_at, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record_id,
                     message.template,
@@ -340,6 +349,7 @@ class SqliteOutbox(Outbox):
                     json.dumps(message.recipients),
                     message.data,
                     now,
+                    message.request_id,
                 ),
             )
             db.executemany(
@@ -499,7 +509,7 @@ class SqliteOutbox(Outbox):
             marks = ",".join("?" * len(due))  # placeholders only; the ids are parameters
             select = (
                 "SELECT id, template, message_id, sender, recipients, data, created_at,"  # noqa: S608
-                f" retried_at FROM messages WHERE id IN ({marks})"
+                f" retried_at, request_id FROM messages WHERE id IN ({marks})"
             )
             claims = []
             for row in db.execute(select, list(due)):
@@ -511,6 +521,7 @@ class SqliteOutbox(Outbox):
                     recipients=json.loads(row[4]),
                     data=row[5],
                     created_at=datetime.fromtimestamp(row[6], UTC),
+                    request_id=row[8],
                 )
                 claims.append(Claim(message=message, subscribers=due[row[0]], retried_at=row[7]))
             return claims
@@ -569,6 +580,16 @@ class SqliteOutbox(Outbox):
 
         return await (await self._store()).run(select, write=False)
 
+    async def stats(self) -> tuple[int, float | None]:
+        def select(db: sqlite3.Connection) -> tuple[int, float | None]:
+            backlog, oldest = db.execute(
+                "SELECT COUNT(*), MIN(m.created_at) FROM deliveries d"
+                " JOIN messages m ON m.id = d.message WHERE d.status IN ('queued', 'sending')"
+            ).fetchone()
+            return int(backlog), oldest
+
+        return await (await self._store()).run(select, write=False)
+
     async def check(self) -> None:
         await (await self._store()).run(lambda db: db.execute("SELECT 1").fetchone(), write=True)
 
@@ -583,7 +604,7 @@ class SqliteOutbox(Outbox):
 
 def _select_record(db: sqlite3.Connection, message_id: str) -> MessageRecord | None:
     row = db.execute(
-        "SELECT id, template, message_id, sender, recipients, created_at"
+        "SELECT id, template, message_id, sender, recipients, created_at, request_id"
         " FROM messages WHERE id = ?",
         (message_id,),
     ).fetchone()
@@ -615,6 +636,7 @@ def _select_record(db: sqlite3.Connection, message_id: str) -> MessageRecord | N
         recipients=json.loads(row[4]),
         created_at=row[5],
         deliveries=deliveries,
+        request_id=row[6],
     )
 
 
@@ -672,6 +694,10 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
     ALTER TABLE messages ADD COLUMN retried_at REAL;
     CREATE INDEX deliveries_status ON deliveries (status, message);
+    """,
+    # 3: the request id of the HTTP request that accepted the message
+    """
+    ALTER TABLE messages ADD COLUMN request_id TEXT;
     """,
 ]
 

@@ -56,6 +56,8 @@ class OutboundMessage:
     created_at: datetime
     #: Which attempt this is for the subscriber being called (1 for the first).
     attempt: int = 1
+    #: The id of the HTTP request that accepted the message (``X-Request-ID``).
+    request_id: str | None = None
 
     def for_attempt(self, *, attempt: int, recipients: list[str] | None) -> OutboundMessage:
         """A copy for one subscriber's attempt (optionally for fewer recipients)."""

@@ -1,16 +1,99 @@
-"""Liveness: ``GET /healthz`` answers while the process serves."""
+"""Health: ``/healthz`` (the process serves), ``/readyz`` (it can do its job) and
+``/metrics`` (Prometheus). None of them needs a token."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import time
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, Response, current_app
+
+from notifier.errors import OutboxUnavailable
+from notifier.metrics import Metrics
+from notifier.outbox import Outbox
+from notifier.renderer import Renderer
+from notifier.settings import Settings
 
 __all__ = ["health"]
 
 health = Blueprint("health", __name__)
 
+#: Seconds a readiness check may take for the relay.
+RELAY_CHECK_TIMEOUT = 2.0
+
 
 @health.get("/healthz")
 async def healthz() -> dict[str, Any]:
     return {"status": "ok"}
+
+
+@health.get("/readyz")
+async def readyz() -> Response:
+    settings: Settings = current_app.extensions["notifier.settings"]
+    renderer: Renderer = current_app.extensions["notifier.renderer"]
+    outbox: Outbox = current_app.extensions["notifier.outbox"]
+    checks = {
+        "templates": _check_templates(renderer),
+        "outbox": await _check_outbox(outbox),
+    }
+    if "smtp" in settings.subscribers:
+        checks["smtp"] = await _check_relay(settings)
+    ready = all(result == "ok" for result in checks.values())
+    body = {"status": "ready" if ready else "unavailable", "checks": checks}
+    return Response(json.dumps(body), status=200 if ready else 503, content_type="application/json")
+
+
+@health.get("/metrics")
+async def metrics() -> Response:
+    registry: Metrics = current_app.extensions["notifier.metrics"]
+    outbox: Outbox = current_app.extensions["notifier.outbox"]
+    try:
+        backlog, oldest = await outbox.stats()
+    except OutboxUnavailable:
+        pass  # keep the last values; /readyz reports the outbox
+    else:
+        registry.backlog.set(backlog)
+        registry.oldest_age.set(0 if oldest is None else max(0.0, time.time() - oldest))
+    return Response(registry.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _check_templates(renderer: Renderer) -> str:
+    directory = renderer.templates.directory
+    try:
+        names = renderer.templates.names()
+        os.listdir(directory)
+    except OSError as exc:
+        return f"cannot read {directory}: {exc.strerror}"
+    # One broken template is reported by GET /v1/templates and answers 422; it does not
+    # make the whole service unready (that would take every instance out at once).
+    return "ok" if names else f"no templates in {directory}"
+
+
+async def _check_outbox(outbox: Outbox) -> str:
+    try:
+        await outbox.check()
+    except OutboxUnavailable as exc:
+        return exc.detail
+    return "ok"
+
+
+async def _check_relay(settings: Settings) -> str:
+    host, port = settings.smtp.host, settings.smtp.port
+    try:
+        async with asyncio.timeout(RELAY_CHECK_TIMEOUT):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                # With implicit TLS the greeting comes after a handshake; reaching the
+                # port is the check then.
+                greeting = b"220" if settings.smtp.tls == "tls" else await reader.readline()
+            finally:
+                writer.close()
+                await writer.wait_closed()
+    except (OSError, TimeoutError) as exc:
+        return f"relay {host}:{port} unreachable: {exc.strerror or type(exc).__name__}"
+    if not greeting.startswith(b"220"):
+        return f"relay {host}:{port} answered {greeting[:60]!r} instead of 220"
+    return "ok"

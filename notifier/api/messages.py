@@ -14,7 +14,8 @@ from typing import Any
 
 from quart import Blueprint, Response, current_app, request
 
-from notifier.api.render import read_json_object
+from notifier.api.render import read_json_object, render_timed
+from notifier.api.tracing import request_id
 from notifier.dispatch import Dispatcher
 from notifier.errors import (
     BadRequestBody,
@@ -25,6 +26,7 @@ from notifier.errors import (
     OutboxUnavailable,
     UnknownMessage,
 )
+from notifier.metrics import Metrics
 from notifier.outbox import (
     DELIVERY_STATUSES,
     IdempotencyKey,
@@ -85,7 +87,7 @@ async def send_message(name: str) -> Response:
                 idempotency_key=key.key,
             )
     try:
-        composed = renderer.render(name, context)
+        composed = render_timed(renderer, name, context)
         # The 202 is sent only once the message is committed to disk: from then on it
         # is delivered even if this process dies (OutboxUnavailable -> 503, nothing sent).
         record = await outbox.add(
@@ -96,6 +98,7 @@ async def send_message(name: str) -> Response:
                 sender=composed.sender,
                 recipients=composed.recipients,
                 data=composed.data,
+                request_id=request_id(),
             ),
             subscribers=settings.subscribers,
             idempotency_key=key,
@@ -109,6 +112,8 @@ async def send_message(name: str) -> Response:
                 await outbox.forget(key)
         raise
     dispatcher.wake()
+    metrics: Metrics = current_app.extensions["notifier.metrics"]
+    metrics.accepted.inc()
     return _accepted(_accepted_body(record))
 
 

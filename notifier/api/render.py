@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from quart import Blueprint, Response, current_app, request
 
-from notifier.compose import message_view
+from notifier.compose import ComposedMessage, message_view
 from notifier.errors import BadRequestBody, UnsupportedMediaType
+from notifier.metrics import Metrics
 from notifier.renderer import Renderer
 
-__all__ = ["read_json_object", "render"]
+__all__ = ["read_json_object", "render", "render_timed"]
 
 render = Blueprint("render", __name__, url_prefix="/v1")
 
@@ -37,6 +39,15 @@ async def read_json_object() -> dict[str, Any]:
     return context
 
 
+def render_timed(renderer: Renderer, name: str, context: dict[str, Any]) -> ComposedMessage:
+    """``renderer.render``, timed into the ``notifier_render_seconds`` histogram."""
+    metrics: Metrics = current_app.extensions["notifier.metrics"]
+    started = time.perf_counter()
+    composed = renderer.render(name, context)
+    metrics.render_seconds.observe(time.perf_counter() - started)
+    return composed
+
+
 def _wants_json() -> bool:
     # Parsing Accept costs more than a substring test; most callers send none (or */*).
     accept = request.headers.get("Accept", "")
@@ -54,7 +65,7 @@ def _refuse_constant(name: str) -> Any:
 async def render_message(name: str) -> Response:
     renderer: Renderer = current_app.extensions["notifier.renderer"]
     context = await read_json_object()
-    composed = renderer.render(name, context)
+    composed = render_timed(renderer, name, context)
     if _wants_json():
         view = message_view(composed.data)
         view["envelope"] = {"from": composed.sender, "to": composed.recipients}

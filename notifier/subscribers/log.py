@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -25,14 +24,14 @@ class LogSubscriber:
 
     def __call__(self, sender: Any, *, message: OutboundMessage, **kwargs: Any) -> None:
         record: dict[str, Any] = {
-            "event": "message",
             "id": message.id,
             "template": message.template,
             "message_id": message.message_id,
             "recipients": len(message.recipients),
             "attempt": message.attempt,
+            "request_id": message.request_id,
         }
         if self._include_addresses:
             record["from"] = message.sender
             record["to"] = message.recipients
-        logger.info(json.dumps(record, separators=(",", ":")))
+        logger.info("message", extra={"fields": record})
