@@ -169,9 +169,11 @@ async def test_docs_page_shows_every_operation_from_the_document_alone(
 
 async def test_docs_page_escapes_what_it_shows(client: QuartClient) -> None:
     page = await (await client.get("/docs")).get_data(as_text=True)
-    # The template-name pattern and the Problem description hold characters HTML treats
-    # specially; they must arrive as text.
-    assert "`urn:notifier:problem:&lt;slug&gt;`" in page or "\\u003cslug\\u003e" in page
+    # Descriptions and schemas hold "<name>" and "<slug>": they must arrive as text, also
+    # inside the <code> spans the page makes of `backquoted` words.
+    assert "<code>templates/&lt;name&gt;.j2</code>" in page
+    assert "urn:notifier:problem:&lt;slug&gt;" in page
+    assert "<name>" not in page
     assert "<slug>" not in page
 
 

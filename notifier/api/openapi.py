@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from markupsafe import Markup, escape
 from quart import Blueprint, Quart, Response, current_app, render_template_string
 from werkzeug.routing import Rule
 
@@ -638,10 +639,32 @@ async def openapi_document() -> Response:
 @openapi.get("/docs")
 async def docs_page() -> str:
     document = build_document(current_app)
-    # render_template_string autoescapes: every text from the document is escaped.
+    # render_template_string autoescapes: every text from the document is escaped, and
+    # the two helpers below escape before they add their own markup.
     return await render_template_string(
-        _DOCS_PAGE, document=document, operations=list(_page_operations(document))
+        _DOCS_PAGE,
+        document=document,
+        operations=list(_page_operations(document)),
+        text=_text_html,
+        schema=_schema_html,
     )
+
+
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+_SCHEMA_REF = re.compile(r"\{&#34;\$ref&#34;: &#34;#/components/schemas/(\w+)&#34;\}")
+
+
+def _text_html(text: str) -> Markup:
+    """Escaped text whose `backquoted` spans become ``<code>``, as in the docs' Markdown."""
+    # Safe: the text is escaped first; only the <code> tags are ours.
+    return Markup(_CODE_SPAN.sub(r"<code>\1</code>", str(escape(text))))  # noqa: S704
+
+
+def _schema_html(schema: Any, *, indent: int | None = None) -> Markup:
+    """A schema as escaped JSON, each reference to a named schema a link to it."""
+    escaped = str(escape(json.dumps(schema, indent=indent, ensure_ascii=False)))
+    # Safe: the JSON is escaped first; the link only takes a \w+ schema name from it.
+    return Markup(_SCHEMA_REF.sub(r'<a href="#schema-\1">\1</a>', escaped))  # noqa: S704
 
 
 def _resolve(document: Mapping[str, Any], node: Any) -> Any:
@@ -665,14 +688,9 @@ def _page_operations(document: Mapping[str, Any]) -> Iterator[JSONObject]:
                 "operation": operation,
                 "scopes": [scope for req in operation["security"] for scope in req[_BEARER]],
                 "parameters": [_resolve(document, p) for p in operation.get("parameters", [])],
-                "body": {
-                    media: json.dumps(content["schema"], indent=2)
-                    for media, content in body["content"].items()
-                }
-                if body
-                else None,
+                "body": body["content"] if body else None,
                 "responses": [
-                    (status, ref.get("$ref", "").rsplit("/", 1)[-1], _resolve(document, ref))
+                    (status, _resolve(document, ref))
                     for status, ref in operation["responses"].items()
                 ],
             }
@@ -699,12 +717,12 @@ td, th { text-align: left; vertical-align: top; padding: .2rem .6rem .2rem 0; }
 <body>
 <h1>{{ document.info.title }} {{ document.info.version }}</h1>
 <p>{{ document.info.summary }}</p>
-<p>{{ document.info.description }}</p>
+<p>{{ text(document.info.description) }}</p>
 <p>Machine-readable: <a href="/openapi.json">/openapi.json</a> (OpenAPI
 {{ document.openapi }}).</p>
 {% for name, scheme in document.components.securitySchemes.items() %}
 <p><strong>Authentication</strong> ({{ scheme.type }} {{ scheme.scheme }}):
-{{ scheme.description }}</p>
+{{ text(scheme.description) }}</p>
 {% endfor %}
 <h2>Operations</h2>
 <ul>
@@ -717,7 +735,7 @@ td, th { text-align: left; vertical-align: top; padding: .2rem .6rem .2rem 0; }
 <section class="op" id="{{ op.anchor }}">
 <h3><span class="method">{{ op.method }}</span> <code>{{ op.path }}</code></h3>
 <p>{{ op.operation.summary }}.{% if op.operation.description %}
-{{ op.operation.description }}{% endif %}</p>
+{{ text(op.operation.description) }}{% endif %}</p>
 <p>Token: {% for scope in op.scopes %}<span class="scope">{{ scope }}</span>
 {% else %}none{% endfor %}</p>
 {% if op.parameters %}
@@ -726,25 +744,26 @@ td, th { text-align: left; vertical-align: top; padding: .2rem .6rem .2rem 0; }
 <tr><th>name</th><th>in</th><th>required</th><th>schema</th><th>description</th></tr>
 {% for p in op.parameters %}
 <tr><td><code>{{ p.name }}</code></td><td>{{ p.in }}</td>
-<td>{{ "yes" if p.required else "no" }}</td><td><code>{{ p.schema | tojson }}</code></td>
-<td>{{ p.description }}</td></tr>
+<td>{{ "yes" if p.required else "no" }}</td><td><code>{{ schema(p.schema) }}</code></td>
+<td>{{ text(p.description) }}</td></tr>
 {% endfor %}
 </table>
 {% endif %}
 {% if op.body %}
 <h4>Request body</h4>
-{% for media, schema in op.body.items() %}
-<p><code>{{ media }}</code></p>
-<pre>{{ schema }}</pre>
+{% for media, content in op.body.items() %}
+<p><code>{{ media }}</code>: {{ schema(content.schema) }}</p>
+{% if content.example %}<p>Example:</p>
+<pre>{{ content.example | tojson(indent=2) }}</pre>{% endif %}
 {% endfor %}
 {% endif %}
 <h4>Responses</h4>
 <table>
-{% for status, name, response in op.responses %}
+{% for status, response in op.responses %}
 <tr><td><strong>{{ status }}</strong></td>
-<td>{{ response.description }}
+<td>{{ text(response.description) }}
 {% if response.content %}<br>{% for media, content in response.content.items() %}
-<code>{{ media }}</code> <code>{{ content.schema | tojson }}</code>{% if not loop.last %},
+<code>{{ media }}</code> <code>{{ schema(content.schema) }}</code>{% if not loop.last %},
 {% endif %}{% endfor %}{% endif %}
 {% if response.headers %}<br>headers: {% for header in response.headers %}
 <code>{{ header }}</code>{% if not loop.last %}, {% endif %}{% endfor %}{% endif %}
@@ -754,9 +773,9 @@ td, th { text-align: left; vertical-align: top; padding: .2rem .6rem .2rem 0; }
 </section>
 {% endfor %}
 <h2>Schemas</h2>
-{% for name, schema in document.components.schemas.items() %}
+{% for name, schema_ in document.components.schemas.items() %}
 <h3 id="schema-{{ name }}">{{ name }}</h3>
-<pre>{{ schema | tojson(indent=2) }}</pre>
+<pre>{{ schema(schema_, indent=2) }}</pre>
 {% endfor %}
 </body>
 </html>
