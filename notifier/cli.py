@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -97,8 +98,10 @@ def _serve(args: argparse.Namespace) -> int:
     config.bind = [f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"]
     # One worker runs in this process, so signals and exit codes are the service's own.
     config.workers = 0 if args.workers == 1 else args.workers
-    config.accesslog = None
-    config.errorlog = "-"
+    config.accesslog = None  # notifier logs each request itself (notifier.http)
+    # A Logger, not "-": hypercorn then adds no handler of its own, and its lines go
+    # through notifier's format like every other.
+    config.errorlog = logging.getLogger("hypercorn.error")
     # On SIGTERM hypercorn stops accepting, lets open requests finish for this long, then
     # the app's shutdown gives in-flight deliveries delivery.shutdown_grace seconds.
     config.graceful_timeout = 5.0

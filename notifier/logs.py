@@ -68,8 +68,3 @@ def configure_logging(settings: LogSettings) -> None:
     handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(settings.level)
-    # hypercorn logs through its own loggers; route them through the same handler.
-    for name in ("hypercorn.error",):
-        server_logger = logging.getLogger(name)
-        server_logger.handlers.clear()
-        server_logger.propagate = True

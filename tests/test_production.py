@@ -1,0 +1,318 @@
+"""Production features: auth on every route group, rate limit, sender allow-list and
+recipient limit, /readyz, /metrics, structured logs without secrets."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from notifier.api.ratelimit import RateLimiter
+from notifier.capture.server import BackgroundCaptureServer
+from notifier.settings import LimitsSettings
+from tests.conftest import MakeClient, finished, wait_for_status
+from tests.servers import ServeProcess
+
+SEND_TOKEN = "send-token-0123456789abcdef"
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+TOKENS = [
+    {"name": "orders-service", "token": SEND_TOKEN, "scopes": ["send"]},
+    {"name": "operator", "token": ADMIN_TOKEN, "scopes": ["admin"]},
+]
+
+# (method, path, scope it needs); ids that do not exist still reach the view (404).
+ROUTES = [
+    ("POST", "/v1/render/burger_receipt", "send"),
+    ("POST", "/v1/send/burger_receipt", "send"),
+    ("GET", "/v1/messages/0000", "send"),
+    ("GET", "/v1/templates", "admin"),
+    ("GET", "/v1/messages?status=failed", "admin"),
+    ("POST", "/v1/messages/0000/retry", "admin"),
+]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def authed(serving: MakeClient, delivery_settings: dict[str, Any]) -> Any:
+    delivery_settings["auth"] = {"tokens": TOKENS}
+    return await serving(delivery_settings)
+
+
+@pytest.mark.parametrize(("method", "path", "scope"), ROUTES)
+async def test_every_v1_route_needs_the_right_token(
+    authed: Any, burger_order: dict[str, Any], method: str, path: str, scope: str
+) -> None:
+    async def call(headers: dict[str, str]) -> Any:
+        body = burger_order if method == "POST" else None
+        return await authed.open(path, method=method, json=body, headers=headers)
+
+    missing = await call({})
+    assert missing.status_code == 401
+    assert missing.mimetype == "application/problem+json"
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = await call(bearer("not-a-token-at-all-0123456789"))
+    assert wrong.status_code == 401
+    malformed = await call({"Authorization": f"Basic {SEND_TOKEN}"})
+    assert malformed.status_code == 401
+
+    right = await call(bearer(SEND_TOKEN if scope == "send" else ADMIN_TOKEN))
+    assert right.status_code not in (401, 403), await right.get_data(as_text=True)
+    if scope == "admin":
+        forbidden = await call(bearer(SEND_TOKEN))
+        assert forbidden.status_code == 403
+        assert forbidden.mimetype == "application/problem+json"
+        assert (await forbidden.get_json())["scope"] == "admin"
+    else:
+        # admin covers everything under /v1.
+        assert (await call(bearer(ADMIN_TOKEN))).status_code not in (401, 403)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+async def test_health_and_metrics_need_no_token(authed: Any, path: str) -> None:
+    assert (await authed.get(path)).status_code in (200, 503)
+
+
+async def test_rate_limit_answers_429_then_recovers(
+    serving: MakeClient, delivery_settings: dict[str, Any]
+) -> None:
+    delivery_settings["auth"] = {"tokens": TOKENS}
+    delivery_settings["limits"] = {
+        "rate_per_minute": 600,
+        "rate_burst": 2,
+        "allowed_senders": ["*"],
+    }
+    client = await serving(delivery_settings)
+    headers = bearer(ADMIN_TOKEN)
+    assert (await client.get("/v1/templates", headers=headers)).status_code == 200
+    assert (await client.get("/v1/templates", headers=headers)).status_code == 200
+    limited = await client.get("/v1/templates", headers=headers)
+    assert limited.status_code == 429
+    assert limited.mimetype == "application/problem+json"
+    assert int(limited.headers["Retry-After"]) >= 1
+    # Another token has its own bucket.
+    assert (await client.get("/v1/messages/x", headers=bearer(SEND_TOKEN))).status_code == 404
+    # 10 requests a second: the bucket refills within a fraction of a second.
+    deadline = time.monotonic() + 5
+    status = limited.status_code
+    while status == 429 and time.monotonic() < deadline:
+        status = (await client.get("/v1/templates", headers=headers)).status_code
+    assert status == 200
+    assert (await client.get("/healthz")).status_code == 200  # never limited
+
+
+def test_token_bucket_refills_at_the_configured_rate() -> None:
+    now = [100.0]
+    limiter = RateLimiter(LimitsSettings(rate_per_minute=60, rate_burst=2), clock=lambda: now[0])
+    assert limiter.take("a") == 0
+    assert limiter.take("a") == 0
+    assert limiter.take("a") == pytest.approx(1.0)
+    now[0] += 0.5
+    assert limiter.take("a") == pytest.approx(0.5)
+    now[0] += 0.5
+    assert limiter.take("a") == 0
+    assert limiter.take("b") == 0
+
+
+async def test_sender_allow_list(
+    serving: MakeClient, delivery_settings: dict[str, Any], burger_order: dict[str, Any]
+) -> None:
+    delivery_settings["limits"] = {
+        "allowed_senders": ["@example-shop.com", "ops@example.org"],
+        "rate_per_minute": 0,
+    }
+    client = await serving(delivery_settings)
+    assert (await client.post("/v1/render/burger_receipt", json=burger_order)).status_code == 200
+    ops = {**burger_order, "from": "ops@example.org"}
+    assert (await client.post("/v1/send/burger_receipt", json=ops)).status_code == 202
+    for sender in ("eve@evil.example", "shopping@example-shop.com.evil.example", "x@org"):
+        refused = await client.post(
+            "/v1/send/burger_receipt", json={**burger_order, "from": sender}
+        )
+        assert refused.status_code == 422, sender
+        body = await refused.get_json()
+        assert body["title"] == "Sender not allowed"
+        assert body["sender"] == sender
+
+
+async def test_defaults_allow_only_defaults_from(
+    serving: MakeClient, delivery_settings: dict[str, Any], burger_order: dict[str, Any]
+) -> None:
+    delivery_settings["limits"] = {"rate_per_minute": 0}  # allowed_senders left empty
+    client = await serving(delivery_settings)
+    refused = await client.post("/v1/send/burger_receipt", json=burger_order)
+    assert refused.status_code == 422, "an unconfigured service must not be an open relay"
+    delivery_settings["defaults"] = {"from": "Shop <shopping@example-shop.com>"}
+    allowed = await serving(delivery_settings)
+    assert (await allowed.post("/v1/send/burger_receipt", json=burger_order)).status_code == 202
+
+
+async def test_recipient_limit(
+    serving: MakeClient, delivery_settings: dict[str, Any], templates_dir: Path
+) -> None:
+    (templates_dir / "many.j2").write_text(
+        "From: shop@example.com\nTo: {% for r in to %}{{ r }}{% if not loop.last %}, "
+        "{% endif %}{% endfor %}\n\nhi\n"
+    )
+    delivery_settings["limits"] = {
+        "max_recipients": 3,
+        "allowed_senders": ["*"],
+        "rate_per_minute": 0,
+    }
+    client = await serving(delivery_settings)
+    three = [f"r{n}@example.com" for n in range(3)]
+    assert (await client.post("/v1/send/many", json={"to": three})).status_code == 202
+    four = await client.post("/v1/send/many", json={"to": [*three, "r3@example.com"]})
+    assert four.status_code == 422
+    assert "limits.max_recipients" in (await four.get_json())["detail"]
+
+
+async def test_readyz_follows_the_relay_and_the_outbox(
+    serving: MakeClient, settings_data: dict[str, Any], tmp_path: Path
+) -> None:
+    relay = BackgroundCaptureServer(tmp_path / "relay")
+    relay.start()
+    port = relay.port
+    relay.stop()
+    blocker = tmp_path / "outbox-dir"
+    blocker.write_text("a file where the outbox folder should be")
+    settings_data["smtp"] = {"host": "127.0.0.1", "port": port}
+    settings_data["outbox"] = {"path": str(blocker / "outbox.sqlite3")}
+    client = await serving(settings_data)
+
+    down = await client.get("/readyz")
+    assert down.status_code == 503
+    checks = (await down.get_json())["checks"]
+    assert checks["templates"] == "ok"
+    assert "unreachable" in checks["smtp"]
+    assert checks["outbox"] != "ok"
+
+    blocker.unlink()
+    relay = BackgroundCaptureServer(tmp_path / "relay", port=port)
+    relay.start()
+    try:
+        up = await client.get("/readyz")
+        assert up.status_code == 200, await up.get_data(as_text=True)
+        assert (await up.get_json()) == {
+            "status": "ready",
+            "checks": {"templates": "ok", "outbox": "ok", "smtp": "ok"},
+        }
+    finally:
+        relay.stop()
+    again = await client.get("/readyz")
+    assert again.status_code == 503
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    for line in text.splitlines():
+        found = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if found is None or found.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', found.group(2) or ""))
+        if have == labels:
+            return float(found.group(3))
+    return 0.0
+
+
+async def test_metrics_change_after_a_send(
+    serving: MakeClient, delivery_settings: dict[str, Any], burger_order: dict[str, Any]
+) -> None:
+    delivery_settings["subscribers"] = ["smtp"]
+    client = await serving(delivery_settings)
+    before = await (await client.get("/metrics")).get_data(as_text=True)
+    response = await client.post("/v1/send/burger_receipt", json=burger_order)
+    await wait_for_status(client, response.headers["Location"], finished)
+    scrape = await client.get("/metrics")
+    assert scrape.mimetype == "text/plain"
+    after = await scrape.get_data(as_text=True)
+    assert (
+        metric(after, "notifier_messages_accepted_total")
+        == metric(before, "notifier_messages_accepted_total") + 1
+    )
+    assert metric(after, "notifier_deliveries_total", subscriber="smtp", outcome="delivered") == 1
+    assert metric(after, "notifier_delivery_seconds_count", subscriber="smtp") == 1
+    assert metric(after, "notifier_render_seconds_count") >= 1
+    assert (
+        metric(
+            after,
+            "notifier_http_requests_total",
+            route="/v1/send/<name>",
+            method="POST",
+            status="202",
+        )
+        == 1
+    )
+    assert metric(after, "notifier_outbox_backlog") == 0
+    assert "notifier_outbox_oldest_age_seconds" in after
+
+
+async def test_logs_are_json_with_request_ids_and_never_secrets(
+    tmp_path: Path, settings_data: dict[str, Any], smtp_capture: Any
+) -> None:
+    canary_token = "canary-token-6b1f0c2e9d7a4c55"
+    canary_password = "canary-password-93e1d2f0a8b7"
+    canary_wrong = "canary-wrong-token-5d4c3b2a1f0e"
+    settings_data.update(
+        auth={"tokens": [{"name": "canary", "token": canary_token, "scopes": ["admin"]}]},
+        log={"format": "json", "include_addresses": False},
+        subscribers=["smtp", "log"],
+    )
+    # The capture server offers no AUTH, so the login with this password fails and the
+    # failure is logged: the password must still not appear.
+    settings_data["smtp"] = {
+        "host": smtp_capture.host,
+        "port": smtp_capture.port,
+        "username": "notifier",
+        "password": canary_password,
+        "timeout": 2,
+    }
+    settings_data["delivery"] = {"max_attempts": 2, "backoff_initial": 0.05}
+    settings_file = tmp_path / "log-settings.yml"
+    settings_file.write_text(json.dumps(settings_data))
+    order = json.loads(
+        (Path(__file__).parent.parent / "templates" / "burger_receipt.example.json").read_text()
+    )
+    server = ServeProcess.start(settings_file)
+    try:
+        with server.client() as http:
+            sent = http.post(
+                "/v1/send/burger_receipt",
+                json=order,
+                headers={**bearer(canary_token), "X-Request-ID": "req-42.a_b"},
+            )
+            assert sent.status_code == 202
+            assert sent.headers["X-Request-ID"] == "req-42.a_b"
+            denied = http.get("/v1/templates", headers=bearer(canary_wrong))
+            assert denied.status_code == 401
+            generated = denied.headers["X-Request-ID"]
+            assert re.fullmatch(r"[0-9a-f]{24}", generated)
+            status = http.get(sent.headers["Location"], headers=bearer(canary_token)).json()
+            assert status["request_id"] == "req-42.a_b"
+            deadline = time.monotonic() + 10
+            while status["status"] not in ("delivered", "failed") and time.monotonic() < deadline:
+                status = http.get(sent.headers["Location"], headers=bearer(canary_token)).json()
+            assert status["subscribers"]["smtp"]["status"] == "failed"
+    finally:
+        assert server.stop() == 0
+    output = server.log_text()
+    for secret in (canary_token, canary_password, canary_wrong):
+        assert secret not in output
+    assert "bob@example.com" not in output and "Cheeseburger" not in output
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]
+    requests = [line for line in lines if line["logger"] == "notifier.http"]
+    assert {"req-42.a_b", generated} <= {line["request_id"] for line in requests}
+    sent_line = next(line for line in requests if line["request_id"] == "req-42.a_b")
+    assert sent_line["status"] == 202
+    assert sent_line["token"] == "canary"
+    assert sent_line["route"] == "/v1/send/<name>"
+    attempts = [line for line in lines if line.get("message") == "delivery attempt"]
+    assert {line["subscriber"] for line in attempts} == {"smtp", "log"}
+    assert all(line["request_id"] == "req-42.a_b" for line in attempts)
