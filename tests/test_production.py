@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from notifier.api.ratelimit import RateLimiter
@@ -305,7 +304,8 @@ async def test_logs_are_json_with_request_ids_and_never_secrets(
     output = server.log_text()
     for secret in (canary_token, canary_password, canary_wrong):
         assert secret not in output
-    assert "bob@example.com" not in output and "Cheeseburger" not in output
+    assert "bob@example.com" not in output
+    assert "Cheeseburger" not in output
     lines = [json.loads(line) for line in output.splitlines() if line.strip()]
     requests = [line for line in lines if line["logger"] == "notifier.http"]
     assert {"req-42.a_b", generated} <= {line["request_id"] for line in requests}
