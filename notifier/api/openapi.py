@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from markupsafe import Markup, escape
@@ -23,6 +23,7 @@ from werkzeug.routing import Rule
 
 from notifier import __version__
 from notifier.api.auth import SEND_ENDPOINTS
+from notifier.api.tracing import REQUEST_ID_HEADER
 from notifier.outbox import DELIVERY_STATUSES
 from notifier.problems import PROBLEM_CONTENT_TYPE
 
@@ -198,14 +199,35 @@ SCHEMAS: JSONObject = {
 }
 
 
+#: Every answer carries the request's id (``notifier.api.tracing``).
+_REQUEST_ID_PARAMETER: JSONObject = {
+    "name": REQUEST_ID_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "Your id for this request (1 to 128 letters, digits, `.`, `_` or `-`), "
+    "kept in logs and with the message; another value is replaced by a generated id.",
+    "schema": _STRING,
+}
+_REQUEST_ID_RESPONSE_HEADER: JSONObject = {
+    "description": "The request's id: the caller's, or one generated for it.",
+    "schema": _STRING,
+}
+
+
+def _with_request_id(response: JSONObject) -> JSONObject:
+    """``response`` with the request-id header every answer carries (a new dict)."""
+    headers = {**response.get("headers", {}), REQUEST_ID_HEADER: _ref("headers", "RequestId")}
+    return {**response, "headers": headers}
+
+
 def _problem(description: str, headers: JSONObject | None = None) -> JSONObject:
-    response: JSONObject = {
-        "description": description,
-        "content": _json(_schema("Problem"), PROBLEM_CONTENT_TYPE),
-    }
-    if headers:
-        response["headers"] = headers
-    return response
+    return _with_request_id(
+        {
+            "description": description,
+            "headers": headers or {},
+            "content": _json(_schema("Problem"), PROBLEM_CONTENT_TYPE),
+        }
+    )
 
 
 #: Reusable problem responses, referenced by status code from :class:`Operation`.
@@ -332,7 +354,6 @@ class Operation:
     problems: tuple[int, ...] = ()
     parameters: tuple[JSONObject, ...] = ()
     request_body: JSONObject | None = None
-    extra: JSONObject = field(default_factory=dict)
 
     def problem_statuses(self, *, authenticated: bool) -> list[int]:
         implied: set[int] = set(self.problems)
@@ -548,8 +569,9 @@ def _operation_object(rule: Rule, operation: Operation) -> JSONObject:
         for name in _RULE_ARGUMENT.findall(rule.rule)
     ]
     parameters += operation.parameters
+    parameters.append(_ref("parameters", "RequestId"))
     scope = required_scope(rule)
-    responses = dict(operation.responses)
+    responses = {status: _with_request_id(r) for status, r in operation.responses.items()}
     for status in operation.problem_statuses(authenticated=scope is not None):
         responses.setdefault(str(status), _ref("responses", PROBLEM_RESPONSES[str(status)][0]))
     result: JSONObject = {
@@ -567,7 +589,6 @@ def _operation_object(rule: Rule, operation: Operation) -> JSONObject:
     # OpenAPI 3.1 lets a requirement on a non-OAuth scheme list roles: here, the token
     # scope. An empty list would mean "any token".
     result["security"] = [{_BEARER: [scope]}] if scope is not None else []
-    result.update(operation.extra)
     return result
 
 
@@ -601,9 +622,11 @@ def build_document(app: Quart) -> JSONObject:
             "version": __version__,
             "summary": "Render RFC 5322 email from Jinja templates and fan it out to subscribers.",
             "description": "Every 4xx and 5xx answer is an RFC 9457 problem "
-            "(`application/problem+json`). A method a path does not accept is a 405 "
+            "(`application/problem+json`), except the 503 of `/readyz`, which is its "
+            "readiness report. A method a path does not accept is a 405 "
             "problem with `Allow`; HEAD and OPTIONS are answered on every path. An "
-            "unexpected error is a 500 problem whose details go to the log only.",
+            "unexpected error is a 500 problem whose details go to the log only. Every "
+            f"request may carry `{REQUEST_ID_HEADER}` and every answer carries it back.",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "tags": [
@@ -615,6 +638,8 @@ def build_document(app: Quart) -> JSONObject:
         "components": {
             "schemas": SCHEMAS,
             "responses": dict(PROBLEM_RESPONSES.values()),
+            "parameters": {"RequestId": _REQUEST_ID_PARAMETER},
+            "headers": {"RequestId": _REQUEST_ID_RESPONSE_HEADER},
             "securitySchemes": {
                 _BEARER: {
                     "type": "http",
@@ -647,6 +672,7 @@ async def docs_page() -> str:
         operations=list(_page_operations(document)),
         text=_text_html,
         schema=_schema_html,
+        request_id_header=REQUEST_ID_HEADER,
     )
 
 
@@ -687,7 +713,12 @@ def _page_operations(document: Mapping[str, Any]) -> Iterator[JSONObject]:
                 "path": path,
                 "operation": operation,
                 "scopes": [scope for req in operation["security"] for scope in req[_BEARER]],
-                "parameters": [_resolve(document, p) for p in operation.get("parameters", [])],
+                # The request-id header is on every operation; the page says so once.
+                "parameters": [
+                    parameter
+                    for parameter in (_resolve(document, p) for p in operation["parameters"])
+                    if parameter["name"] != REQUEST_ID_HEADER
+                ],
                 "body": body["content"] if body else None,
                 "responses": [
                     (status, _resolve(document, ref))
@@ -765,7 +796,8 @@ td, th { text-align: left; vertical-align: top; padding: .2rem .6rem .2rem 0; }
 {% if response.content %}<br>{% for media, content in response.content.items() %}
 <code>{{ media }}</code> <code>{{ schema(content.schema) }}</code>{% if not loop.last %},
 {% endif %}{% endfor %}{% endif %}
-{% if response.headers %}<br>headers: {% for header in response.headers %}
+{% set headers = response.headers | reject("equalto", request_id_header) | list %}
+{% if headers %}<br>headers: {% for header in headers %}
 <code>{{ header }}</code>{% if not loop.last %}, {% endif %}{% endfor %}{% endif %}
 </td></tr>
 {% endfor %}
