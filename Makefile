@@ -52,8 +52,11 @@ chromium:
 
 test: lint typecheck pytest
 
+# Benchmarks are not part of `make test`; results and how to read them: docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python bench/render_bench.py
+	$(BIN)/python bench/http_bench.py
+	$(BIN)/python bench/delivery_bench.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -34,7 +34,14 @@ from email.utils import format_datetime, getaddresses, parsedate_to_datetime
 from typing import Any
 
 from notifier.errors import ComposeError, HeaderInjection, InvalidAddress, TemplateError
-from notifier.templates import CR_MARK, LF_MARK, VALUE_END, VALUE_START, RenderedTemplate
+from notifier.templates import (
+    CR_MARK,
+    LF_MARK,
+    VALUE_END,
+    VALUE_START,
+    RenderedTemplate,
+    strip_marks,
+)
 
 __all__ = ["ComposedMessage", "compose_message", "message_view"]
 
@@ -161,9 +168,7 @@ def compose_message(
 
     content_type = by_key.get("content-type")
     subtype, params = _text_content_type(content_type.value if content_type else "text/plain")
-    body = _strip_data(body_marked)
-    if CR_MARK in body or LF_MARK in body:
-        body = body.replace(CR_MARK, "\r").replace(LF_MARK, "\n")
+    body = strip_marks(body_marked)
 
     data = None
     if rendered.html is None and not params:

@@ -52,7 +52,6 @@ VALUE_END = "\ufdd1"
 CR_MARK = "\ufdd2"
 LF_MARK = "\ufdd3"
 _NONCHARACTER = re.compile("[\ufdd0-\ufdef]")
-_UNMARK = str.maketrans({VALUE_START: None, VALUE_END: None, CR_MARK: "\r", LF_MARK: "\n"})
 
 TEXT_SUFFIX = ".j2"
 HTML_SUFFIX = ".html.j2"
@@ -61,7 +60,11 @@ EXAMPLE_SUFFIX = ".example.json"
 
 def strip_marks(text: str) -> str:
     """Remove value markers and restore the line breaks they stood for."""
-    return text.translate(_UNMARK)
+    # str.replace, not str.translate with a mapping: several times faster here.
+    text = text.replace(VALUE_START, "").replace(VALUE_END, "")
+    if CR_MARK in text or LF_MARK in text:
+        text = text.replace(CR_MARK, "\r").replace(LF_MARK, "\n")
+    return text
 
 
 def _mark_value(value: Any) -> Any:
@@ -211,9 +214,6 @@ class TemplateStore:
             if stem != entry.name and NAME_PATTERN.fullmatch(stem) and entry.is_file():
                 found.append(stem)
         return sorted(found)
-
-    def exists(self, name: str) -> bool:
-        return NAME_PATTERN.fullmatch(name) is not None and self._path(name, TEXT_SUFFIX).is_file()
 
     def info(self, name: str) -> TemplateInfo:
         """Describe ``name``, compiling its files to report a syntax error if any."""

@@ -21,6 +21,17 @@ from tests.servers import ServeProcess
 
 MakeClient = Callable[..., Awaitable[QuartClient]]
 
+
+class Clock:
+    """A clock a test moves by hand (epoch seconds), to pass where code takes ``clock``."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

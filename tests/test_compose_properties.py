@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from notifier import compose
-from notifier.templates import TemplateStore
+from notifier.templates import TemplateStore, strip_marks
 
 FIXED_NOW = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 TEMPLATE = (
@@ -178,11 +178,7 @@ def test_fast_path_and_email_package_agree(
     addresses = {
         h.key: compose._parse_addresses(h) for h in headers if h.key in compose.ADDRESS_HEADERS
     }
-    plain_body = (
-        compose._strip_data(body_marked)
-        .replace(compose.CR_MARK, "\r")
-        .replace(compose.LF_MARK, "\n")
-    )
+    plain_body = strip_marks(body_marked)
     fast = compose._fast_serialise(headers, plain_body, "plain")
     slow = compose._email_serialise(headers, addresses, plain_body, "plain", {}, None)
     assert_wire_safe(slow)

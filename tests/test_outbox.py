@@ -11,16 +11,7 @@ import pytest
 
 from notifier.errors import OutboxUnavailable
 from notifier.outbox import NewMessage, Outcome, SqliteOutbox, overall_status
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import Clock
 
 
 def new_message(n: int = 0) -> NewMessage:

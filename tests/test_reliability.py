@@ -12,7 +12,7 @@ import pytest
 
 from notifier.capture.server import BackgroundCaptureServer
 from notifier.outbox import IdempotencyKey, NewMessage, SqliteOutbox
-from tests.conftest import MakeClient, finished, wait_for_status
+from tests.conftest import Clock, MakeClient, finished, wait_for_status
 
 
 def _epoch(iso: str) -> float:
@@ -191,14 +191,6 @@ async def test_idempotency_key_rules(
 
     await smtp_capture.wait_for_async(2, timeout=10)
     assert len(smtp_capture.messages) == 2
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_idempotency_keys_expire_and_abandoned_reservations_are_given_up(
