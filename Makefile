@@ -34,8 +34,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# pytest exits 5 when it collected no tests: that is a failure here, said plainly.
 pytest: $(STAMP) chromium
-	$(BIN)/pytest
+	@$(BIN)/pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
+	exit $$status
 
 # The inbox page is tested in Debian's headless Chromium; install it when it is missing.
 chromium:
