@@ -25,6 +25,7 @@ from notifier.api.openapi import (
     described_routes,
     served_routes,
 )
+from notifier.app import create_app
 from tests.servers import ServeProcess
 
 #: Test-only token for the live run: both scopes, so every operation can be reached.
@@ -106,10 +107,14 @@ async def test_every_path_parameter_is_declared_with_its_pattern(client: QuartCl
                     assert parameter["schema"]["pattern"] == "^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
 
+@pytest.mark.parametrize("tokens", [False, True], ids=["open", "tokens"])
 async def test_v1_operations_need_a_scoped_token_and_the_rest_none(
-    app: Quart, client: QuartClient
+    settings_data: dict[str, Any], tokens: bool
 ) -> None:
-    document = await _document(client)
+    if tokens:
+        settings_data["auth"] = {"tokens": [{"name": "t", "token": FUZZ_TOKEN, "scopes": ["send"]}]}
+    app = create_app(settings_data)
+    document = await _document(app.test_client())
     scheme = document["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     endpoints = {_openapi_path(rule.rule): rule.endpoint for rule in app.url_map.iter_rules()}
@@ -117,7 +122,9 @@ async def test_v1_operations_need_a_scoped_token_and_the_rest_none(
         for method, operation in item.items():
             if path.startswith(API_PREFIX):
                 scope = "send" if endpoints[path] in SEND_ENDPOINTS else "admin"
-                assert operation["security"] == [{"bearerAuth": [scope]}], (method, path)
+                # An open instance (no tokens) also accepts requests without one.
+                expected = [{"bearerAuth": [scope]}] + ([] if tokens else [{}])
+                assert operation["security"] == expected, (method, path)
                 for status in ("401", "403", "429"):
                     assert status in operation["responses"], (method, path, status)
             else:
@@ -141,8 +148,6 @@ async def test_problem_responses_share_the_rfc_9457_schema(client: QuartClient) 
 async def test_document_and_docs_need_no_token_when_tokens_are_configured(
     settings_data: dict[str, Any],
 ) -> None:
-    from notifier.app import create_app
-
     settings_data["auth"] = {"tokens": [{"name": "t", "token": FUZZ_TOKEN, "scopes": ["send"]}]}
     client = create_app(settings_data).test_client()
     assert (await client.get("/openapi.json")).status_code == 200

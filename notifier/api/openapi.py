@@ -26,6 +26,7 @@ from notifier.api.auth import SEND_ENDPOINTS
 from notifier.api.tracing import REQUEST_ID_HEADER
 from notifier.outbox import DELIVERY_STATUSES
 from notifier.problems import PROBLEM_CONTENT_TYPE
+from notifier.settings import Settings
 
 __all__ = [
     "API_PREFIX",
@@ -563,7 +564,7 @@ def required_scope(rule: Rule) -> Scope | None:
     return "send" if rule.endpoint in SEND_ENDPOINTS else "admin"
 
 
-def _operation_object(rule: Rule, operation: Operation) -> JSONObject:
+def _operation_object(rule: Rule, operation: Operation, *, tokens_configured: bool) -> JSONObject:
     parameters = [
         {"name": name, "in": "path", "required": True, **PATH_PARAMETERS[name]}
         for name in _RULE_ARGUMENT.findall(rule.rule)
@@ -587,8 +588,15 @@ def _operation_object(rule: Rule, operation: Operation) -> JSONObject:
         result["requestBody"] = operation.request_body
     result["responses"] = dict(sorted(responses.items()))
     # OpenAPI 3.1 lets a requirement on a non-OAuth scheme list roles: here, the token
-    # scope. An empty list would mean "any token".
-    result["security"] = [{_BEARER: [scope]}] if scope is not None else []
+    # scope. An empty list would mean "any token". With no tokens configured the
+    # service is open, and the empty alternative ({}) says a request without one is
+    # accepted too: the document describes the instance that serves it.
+    if scope is None:
+        result["security"] = []
+    elif tokens_configured:
+        result["security"] = [{_BEARER: [scope]}]
+    else:
+        result["security"] = [{_BEARER: [scope]}, {}]
     return result
 
 
@@ -608,12 +616,15 @@ def build_document(app: Quart) -> JSONObject:
     """The OpenAPI 3.1 document for ``app``: only the routes it really serves.
 
     A route without an entry in :data:`OPERATIONS` is left out (the test suite refuses
-    that state) rather than described by a guess.
+    that state) rather than described by a guess. Whether a token is required follows
+    the app's ``auth.tokens`` setting.
     """
+    settings: Settings = app.extensions["notifier.settings"]
+    tokens_configured = bool(settings.auth.tokens)
     paths: JSONObject = {}
     for rule, method, operation in _paths(app):
         paths.setdefault(_openapi_path(rule.rule), {})[method.lower()] = _operation_object(
-            rule, operation
+            rule, operation, tokens_configured=tokens_configured
         )
     return {
         "openapi": "3.1.0",
@@ -712,7 +723,10 @@ def _page_operations(document: Mapping[str, Any]) -> Iterator[JSONObject]:
                 "method": method.upper(),
                 "path": path,
                 "operation": operation,
-                "scopes": [scope for req in operation["security"] for scope in req[_BEARER]],
+                "scopes": [
+                    scope for req in operation["security"] for scope in req.get(_BEARER, ())
+                ],
+                "token_optional": {} in operation["security"],
                 # The request-id header is on every operation; the page says so once.
                 "parameters": [
                     parameter
@@ -768,7 +782,8 @@ td, th { text-align: left; vertical-align: top; padding: .2rem .6rem .2rem 0; }
 <p>{{ op.operation.summary }}.{% if op.operation.description %}
 {{ text(op.operation.description) }}{% endif %}</p>
 <p>Token: {% for scope in op.scopes %}<span class="scope">{{ scope }}</span>
-{% else %}none{% endfor %}</p>
+{% else %}none{% endfor %}{% if op.token_optional %} (not required by this instance: it
+has no tokens configured){% endif %}</p>
 {% if op.parameters %}
 <h4>Parameters</h4>
 <table>
