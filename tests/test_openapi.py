@@ -4,6 +4,7 @@ a live ``notifier serve`` process that checks the real answers against the docum
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -226,11 +227,12 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(
             "false",
         ]
         started = time.monotonic()
-        # The run's working directory is the test's own, so no stray schemathesis.toml
-        # or report folder of the checkout takes part.
+        # The run's working directory is the test's own, and SCHEMATHESIS_* variables
+        # (hooks, config) are left out, so nothing of the developer's setup takes part.
         result = subprocess.run(
             command,
             cwd=tmp_path,
+            env={k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS_")},
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT,
