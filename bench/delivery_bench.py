@@ -141,7 +141,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
 
-    settings = Settings.from_mapping({"templates": {"dir": str(ROOT / "templates")}})
+    settings = Settings.from_mapping(
+        {"templates": {"dir": str(ROOT / "templates")}, "limits": {"allowed_senders": ["*"]}}
+    )
     renderer = Renderer.from_settings(settings)
     prebuilt = [renderer.render("burger_receipt", CONTEXT).data for _ in range(args.messages)]
 

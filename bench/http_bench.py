@@ -2,18 +2,19 @@
 
 Usage: ``.venv/bin/python bench/http_bench.py [--seconds 3] [--rounds 5] [--connections 16]``
 
-One hypercorn process (one worker, the settings ``notifier serve`` uses) serves the real
-notifier app plus ``POST /bench/empty``, a Quart view that reads the JSON body and
-returns ``{}``. A load generator in this process keeps ``--connections`` keep-alive
-HTTP/1.1 connections busy, one request in flight on each. Endpoints take turns, round
-after round, so the machine's slow moments hit all of them; the report gives each one's
-median requests/s and its ratio to the empty endpoint.
+Two hypercorn processes with the same settings (one worker, as ``notifier serve`` runs):
+one serves a plain Quart app whose only view, ``POST /bench/empty``, reads the JSON body
+and returns ``{}`` (the baseline), the other the real notifier app. A load generator in
+this process keeps ``--connections`` keep-alive HTTP/1.1 connections busy, one request in
+flight on each. The two take turns, round after round, so the machine's slow moments hit
+both; the report gives each one's median requests/s and its ratio to the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -22,29 +23,30 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BURGER = (ROOT / "templates" / "burger_receipt.example.json").read_bytes()
 
-ENDPOINTS = {
-    "empty Quart JSON POST": "/bench/empty",
-    "POST /v1/render/burger_receipt": "/v1/render/burger_receipt",
-}
 BASELINE = "empty Quart JSON POST"
-TARGETS = {"POST /v1/render/burger_receipt": 0.85}
+RENDER = "POST /v1/render/burger_receipt"
+ENDPOINTS = {BASELINE: "/bench/empty", RENDER: "/v1/render/burger_receipt"}
+TARGETS = {RENDER: 0.85}
 
 
-def serve(fd: int, settings_file: str) -> None:
-    """Child process: the notifier app plus the empty endpoint, on the inherited socket."""
+def serve(fd: int, settings_file: str | None) -> None:
+    """Child process: hypercorn on the inherited socket, with the notifier app (and the
+    empty endpoint added to it) or, with no settings, a plain Quart app holding only the
+    empty endpoint: the baseline, without notifier's per-request work."""
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
-    from quart import request
+    from quart import Quart, request
 
     from notifier.app import create_app
     from notifier.settings import load_settings
 
-    app = create_app(load_settings(settings_file))
+    app = create_app(load_settings(settings_file)) if settings_file else Quart("baseline")
 
     @app.post("/bench/empty")
     async def empty() -> dict[str, object]:
@@ -93,6 +95,44 @@ async def measure(port: int, path: str, seconds: float, connections: int) -> flo
     return sum(counts) / (time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def bench_server(settings: dict[str, object] | None) -> Iterator[int]:
+    """Run the notifier app (or, with None, the plain Quart baseline) in a child
+    process; yield its port."""
+    if settings is None:
+        with _child(None) as port:
+            yield port
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        settings_file = Path(scratch) / "settings.yml"
+        settings = {
+            "outbox": {"path": str(Path(scratch) / "outbox.sqlite3")},
+            # A load test is one caller sending as fast as it can: no rate limit, and the
+            # example templates' sender allowed.
+            "limits": {"rate_per_minute": 0, "allowed_senders": ["*"]},
+            **settings,
+        }
+        settings_file.write_text(json.dumps(settings))
+        with _child(settings_file) as port:
+            yield port
+
+
+@contextlib.contextmanager
+def _child(settings_file: Path | None) -> Iterator[int]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    command = [sys.executable, str(Path(__file__).resolve()), "--serve-fd", str(listener.fileno())]
+    if settings_file is not None:
+        command += ["--settings", str(settings_file)]
+    child = subprocess.Popen(command, pass_fds=[listener.fileno()])
+    listener.close()
+    try:
+        yield port
+    finally:
+        child.terminate()
+        child.wait(timeout=60)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -104,49 +144,23 @@ def main() -> int:
     if args.serve_fd is not None:
         serve(args.serve_fd, args.settings)
         return 0
-
-    with tempfile.TemporaryDirectory() as scratch:
-        settings_file = Path(scratch) / "settings.yml"
-        settings_file.write_text(
-            json.dumps(
-                {
-                    "templates": {"dir": str(ROOT / "templates")},
-                    "outbox": {"path": str(Path(scratch) / "outbox.sqlite3")},
-                }
-            )
-        )
-        listener = socket.create_server(("127.0.0.1", 0))
-        port = listener.getsockname()[1]
-        child = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--serve-fd",
-                str(listener.fileno()),
-                "--settings",
-                str(settings_file),
-            ],
-            pass_fds=[listener.fileno()],
-        )
-        listener.close()
-        try:
-            return asyncio.run(drive(port, args))
-        finally:
-            child.terminate()
-            child.wait(timeout=30)
+    # Render only: no subscribers, so nothing is delivered while measuring.
+    settings = {"templates": {"dir": str(ROOT / "templates")}, "subscribers": []}
+    with bench_server(None) as baseline_port, bench_server(settings) as port:
+        return asyncio.run(drive({BASELINE: baseline_port, RENDER: port}, args))
 
 
-async def drive(port: int, args: argparse.Namespace) -> int:
-    await wait_until_serving(port)
-    for path in ENDPOINTS.values():  # warm up: compile templates, fill caches
-        await measure(port, path, 0.5, args.connections)
+async def drive(ports: dict[str, int], args: argparse.Namespace) -> int:
+    for name, path in ENDPOINTS.items():  # warm up: compile templates, fill caches
+        await wait_until_serving(ports[name])
+        await measure(ports[name], path, 0.5, args.connections)
     rates: dict[str, list[float]] = {name: [] for name in ENDPOINTS}
     ratios: dict[str, list[float]] = {name: [] for name in ENDPOINTS}
     names = list(ENDPOINTS)
     for round_index in range(args.rounds):
         order = names[round_index % len(names) :] + names[: round_index % len(names)]
         measured = {
-            name: await measure(port, ENDPOINTS[name], args.seconds, args.connections)
+            name: await measure(ports[name], ENDPOINTS[name], args.seconds, args.connections)
             for name in order
         }
         for name in names:

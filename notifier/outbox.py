@@ -226,11 +226,14 @@ class Outbox(abc.ABC):
         subscribers: Sequence[str],
         idempotency_key: IdempotencyKey | None = None,
         respond: Callable[[MessageRecord], dict[str, Any]] | None = None,
+        lease: tuple[str, float] | None = None,
     ) -> MessageRecord:
         """Store ``message`` with a queued delivery per subscriber; durable on return.
 
         With ``idempotency_key`` (reserved before), the key is marked done with the
-        response ``respond`` builds, in the same transaction as the message.
+        response ``respond`` builds, in the same transaction as the message. With
+        ``lease`` (owner, seconds) the deliveries are stored already leased to that
+        owner, which delivers them without claiming them first.
         """
 
     @abc.abstractmethod
@@ -318,6 +321,7 @@ class SqliteOutbox(Outbox):
         subscribers: Sequence[str],
         idempotency_key: IdempotencyKey | None = None,
         respond: Callable[[MessageRecord], dict[str, Any]] | None = None,
+        lease: tuple[str, float] | None = None,
     ) -> MessageRecord:
         record_id = new_message_id()
         now = self._clock()
@@ -352,11 +356,20 @@ class SqliteOutbox(Outbox):
                     message.request_id,
                 ),
             )
-            db.executemany(
-                "INSERT INTO deliveries (message, subscriber, status, attempts,"
-                " next_attempt_at, updated_at) VALUES (?, ?, 'queued', 0, ?, ?)",
-                [(record_id, name, now, now) for name in subscribers],
-            )
+            if lease is None:
+                db.executemany(
+                    "INSERT INTO deliveries (message, subscriber, status, attempts,"
+                    " next_attempt_at, updated_at) VALUES (?, ?, 'queued', 0, ?, ?)",
+                    [(record_id, name, now, now) for name in subscribers],
+                )
+            else:
+                owner, seconds = lease
+                db.executemany(
+                    "INSERT INTO deliveries (message, subscriber, status, attempts,"
+                    " next_attempt_at, lease_owner, lease_until, updated_at)"
+                    " VALUES (?, ?, 'sending', 0, ?, ?, ?, ?)",
+                    [(record_id, name, now, owner, now + seconds, now) for name in subscribers],
+                )
             if idempotency_key is not None:
                 updated = db.execute(
                     "UPDATE idempotency_keys SET state = 'done', message = ?, response = ?"

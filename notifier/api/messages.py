@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from quart import Blueprint, Response, current_app, request
@@ -29,6 +30,8 @@ from notifier.errors import (
 from notifier.metrics import Metrics
 from notifier.outbox import (
     DELIVERY_STATUSES,
+    Claim,
+    DeliveryState,
     IdempotencyKey,
     MessageRecord,
     NewMessage,
@@ -36,6 +39,7 @@ from notifier.outbox import (
 )
 from notifier.renderer import Renderer
 from notifier.settings import Settings
+from notifier.signals import OutboundMessage
 
 __all__ = ["context_hash", "messages"]
 
@@ -86,35 +90,64 @@ async def send_message(name: str) -> Response:
                 "this Idempotency-Key was used with a different request; use a new key",
                 idempotency_key=key.key,
             )
+    direct = False
     try:
         composed = render_timed(renderer, name, context)
+        message = NewMessage(
+            template=name,
+            context_hash=fingerprint,
+            message_id=composed.message_id,
+            sender=composed.sender,
+            recipients=composed.recipients,
+            data=composed.data,
+            request_id=request_id(),
+        )
+        direct = bool(settings.subscribers) and dispatcher.reserve()
         # The 202 is sent only once the message is committed to disk: from then on it
         # is delivered even if this process dies (OutboxUnavailable -> 503, nothing sent).
         record = await outbox.add(
-            NewMessage(
-                template=name,
-                context_hash=fingerprint,
-                message_id=composed.message_id,
-                sender=composed.sender,
-                recipients=composed.recipients,
-                data=composed.data,
-                request_id=request_id(),
-            ),
+            message,
             subscribers=settings.subscribers,
             idempotency_key=key,
             respond=_accepted_body,
+            lease=(dispatcher.owner, dispatcher.lease_seconds) if direct else None,
         )
     except Exception:
+        if direct:
+            dispatcher.unreserve()
         if key is not None:
             # Nothing was stored: free the key so a corrected request can use it. If the
             # outbox is down, the reservation is given up as abandoned after a minute.
             with contextlib.suppress(OutboxUnavailable):
                 await outbox.forget(key)
         raise
-    dispatcher.wake()
+    if direct:
+        dispatcher.deliver_now(_claim_of(record, message))
+    else:
+        dispatcher.wake()
     metrics: Metrics = current_app.extensions["notifier.metrics"]
     metrics.accepted.inc()
     return _accepted(_accepted_body(record))
+
+
+def _claim_of(record: MessageRecord, message: NewMessage) -> Claim:
+    """The claim a freshly stored, already leased message amounts to."""
+    outbound = OutboundMessage(
+        id=record.id,
+        template=record.template,
+        message_id=record.message_id,
+        sender=record.sender,
+        recipients=list(record.recipients),
+        data=message.data,
+        created_at=datetime.fromtimestamp(record.created_at, UTC),
+        request_id=record.request_id,
+    )
+    return Claim(
+        message=outbound,
+        subscribers={
+            d.subscriber: DeliveryState(attempts=0, detail=None) for d in record.deliveries
+        },
+    )
 
 
 def _idempotency_key(name: str, fingerprint: str) -> IdempotencyKey | None:
