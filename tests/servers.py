@@ -38,8 +38,11 @@ class ServeProcess:
         command += ["--host", "127.0.0.1", "--port", "0", *extra_args]
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
         child_env.update(env or {})
+        # Unbuffered: readline() on the raw pipe reads no further than the line it returns.
+        # A buffered reader could take two lines (a start-up warning and "Running on")
+        # in one read, and select() would then wait for data that already arrived.
         process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env, bufsize=0
         )
         assert process.stderr is not None
         output: list[bytes] = []
@@ -70,8 +73,10 @@ class ServeProcess:
 
     def _drain(self) -> None:
         assert self.process.stderr is not None
-        for line in iter(self.process.stderr.readline, b""):
-            self.output.append(line)
+        # Whole chunks, not lines: the raw pipe's readline() costs a system call a byte.
+        fd = self.process.stderr.fileno()
+        for chunk in iter(lambda: os.read(fd, 65536), b""):
+            self.output.append(chunk)
 
     def log_text(self) -> str:
         return b"".join(self.output).decode(errors="replace")
