@@ -47,6 +47,7 @@ CHECKS = (
     "response_headers_conformance",
     "response_schema_conformance",
     "negative_data_rejection",
+    "missing_required_header",
     "unsupported_method",
     "allow_header_conformance",
     "ignored_auth",
