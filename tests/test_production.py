@@ -188,7 +188,11 @@ async def test_readyz_follows_the_relay_and_the_outbox(
 
     down = await client.get("/readyz")
     assert down.status_code == 503
-    checks = (await down.get_json())["checks"]
+    assert down.mimetype == "application/problem+json"
+    problem = await down.get_json()
+    assert problem["status"] == 503
+    assert problem["type"] == "urn:notifier:problem:not-ready"
+    checks = problem["checks"]
     assert checks["templates"] == "ok"
     assert "unreachable" in checks["smtp"]
     assert checks["outbox"] != "ok"

@@ -11,9 +11,11 @@ from typing import Any
 
 from quart import Blueprint, Response, current_app
 
+from notifier.api.problems import PROBLEM_TYPE_BASE
 from notifier.errors import OutboxUnavailable
 from notifier.metrics import Metrics
 from notifier.outbox import Outbox
+from notifier.problems import problem_response
 from notifier.renderer import Renderer
 from notifier.settings import Settings
 
@@ -41,9 +43,18 @@ async def readyz() -> Response:
     }
     if "smtp" in settings.subscribers:
         checks["smtp"] = await _check_relay(settings)
-    ready = all(result == "ok" for result in checks.values())
-    body = {"status": "ready" if ready else "unavailable", "checks": checks}
-    return Response(json.dumps(body), status=200 if ready else 503, content_type="application/json")
+    failing = [name for name, result in checks.items() if result != "ok"]
+    if failing:
+        # Like every 5xx, an RFC 9457 problem; ``checks`` says what failed and why.
+        return problem_response(
+            503,
+            detail=f"not ready: {', '.join(failing)} failed",
+            title="Not ready",
+            type_=PROBLEM_TYPE_BASE + "not-ready",
+            checks=checks,
+        )
+    body = {"status": "ready", "checks": checks}
+    return Response(json.dumps(body), content_type="application/json")
 
 
 @health.get("/metrics")

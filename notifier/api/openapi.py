@@ -187,16 +187,20 @@ SCHEMAS: JSONObject = {
     ),
     "Health": _object({"status": {"const": "ok"}}),
     "Readiness": _object(
-        {
-            "status": {"type": "string", "enum": ["ready", "unavailable"]},
-            "checks": {
-                "type": "object",
-                "description": "Each check (`templates`, `outbox`, and `smtp` when smtp is "
-                "a subscriber): `ok`, or why it failed.",
-                "additionalProperties": _STRING,
-            },
-        }
+        {"status": {"const": "ready"}, "checks": _schema("Checks")},
     ),
+    "Checks": {
+        "type": "object",
+        "description": "Each check (`templates`, `outbox`, and `smtp` when smtp is "
+        "a subscriber): `ok`, or why it failed.",
+        "additionalProperties": _STRING,
+    },
+    "NotReady": {
+        "allOf": [
+            _schema("Problem"),
+            {"type": "object", "properties": {"checks": _schema("Checks")}, "required": ["checks"]},
+        ]
+    },
 }
 
 
@@ -504,8 +508,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         responses={
             "200": {"description": "Ready.", "content": _json(_schema("Readiness"))},
             "503": {
-                "description": "Not ready; `checks` says which check failed and why.",
-                "content": _json(_schema("Readiness")),
+                "description": "Not ready: a problem whose `checks` says which check "
+                "failed and why.",
+                "content": _json(_schema("NotReady"), PROBLEM_CONTENT_TYPE),
             },
         },
     ),
@@ -633,11 +638,11 @@ def build_document(app: Quart) -> JSONObject:
             "version": __version__,
             "summary": "Render RFC 5322 email from Jinja templates and fan it out to subscribers.",
             "description": "Every 4xx and 5xx answer is an RFC 9457 problem "
-            "(`application/problem+json`), except the 503 of `/readyz`, which is its "
-            "readiness report. A method a path does not accept is a 405 "
-            "problem with `Allow`; HEAD and OPTIONS are answered on every path. An "
-            "unexpected error is a 500 problem whose details go to the log only. Every "
-            f"request may carry `{REQUEST_ID_HEADER}` and every answer carries it back.",
+            "(`application/problem+json`); the 503 of `/readyz` adds `checks`. A "
+            "method a path does not accept is a 405 problem with `Allow`; HEAD and "
+            "OPTIONS are answered on every path. An unexpected error is a 500 problem "
+            "whose details go to the log only. Every request may carry "
+            f"`{REQUEST_ID_HEADER}` and every answer carries it back.",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "tags": [
