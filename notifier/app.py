@@ -50,7 +50,14 @@ def create_app(
     app.extensions["notifier.renderer"] = Renderer.from_settings(settings)
     store = outbox if outbox is not None else SqliteOutbox(settings.outbox.path)
     subscribers = load_subscribers(settings)
-    dispatcher = Dispatcher(app, store, subscribers, settings.delivery, metrics=metrics)
+    dispatcher = Dispatcher(
+        app,
+        store,
+        subscribers,
+        settings.delivery,
+        metrics=metrics,
+        retention=settings.outbox.retention,
+    )
     app.extensions["notifier.outbox"] = store
     app.extensions["notifier.dispatcher"] = dispatcher
 

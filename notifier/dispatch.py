@@ -112,8 +112,10 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         metrics: Metrics | None = None,
+        retention: float = 0.0,
     ) -> None:
         self._app = app
+        self._retention = retention
         self._metrics = metrics or Metrics()
         self._outbox = outbox
         self._subscribers = subscribers
@@ -222,7 +224,7 @@ class Dispatcher:
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
         try:
             released = await self._outbox.release_dead(self._owner_is_dead)
-            await self._outbox.purge()
+            purged = await self._outbox.purge(retention=self._retention)
         except OutboxUnavailable as exc:
             logger.error("outbox housekeeping failed: %s", exc.detail)
             return
@@ -230,6 +232,8 @@ class Dispatcher:
             logger.warning(
                 "resuming %d delivery(ies) left mid-way by a process that died", released
             )
+        if purged:
+            logger.info("removed %d finished message(s) past outbox.retention", purged)
 
     def _owner_is_dead(self, owner: str) -> bool:
         """Whether the process that holds a lease is gone, when that can be known.

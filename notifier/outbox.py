@@ -204,6 +204,9 @@ class Reservation:
     response: dict[str, Any] | None = None
 
 
+#: Finished messages deleted at most per purge.
+_PURGE_BATCH = 1000
+
 #: A reservation whose request never finished (its process died) is given up after this.
 ABANDONED_RESERVATION_SECONDS = 60.0
 
@@ -265,8 +268,9 @@ class Outbox(abc.ABC):
         """Hand back every lease whose owner ``is_dead``; return how many."""
 
     @abc.abstractmethod
-    async def purge(self) -> None:
-        """Delete idempotency keys past their expiry."""
+    async def purge(self, *, retention: float) -> int:
+        """Delete idempotency keys past their expiry, and finished messages accepted more
+        than ``retention`` seconds ago (0: keep them); return how many messages went."""
 
     @abc.abstractmethod
     async def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
@@ -485,13 +489,23 @@ class SqliteOutbox(Outbox):
 
         return await (await self._store()).run(release, write=True)
 
-    async def purge(self) -> None:
+    async def purge(self, *, retention: float) -> int:
         now = self._clock()
 
-        def delete(db: sqlite3.Connection) -> None:
+        def delete(db: sqlite3.Connection) -> int:
             db.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
+            if not retention:
+                return 0
+            # In batches: a long delete would hold the write lock that sends need.
+            return db.execute(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
+                " WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"
+                " WHERE d.message = messages.id AND d.status IN ('queued', 'sending'))"
+                " LIMIT ?)",
+                (now - retention, _PURGE_BATCH),
+            ).rowcount
 
-        await (await self._store()).run(delete, write=True)
+        return await (await self._store()).run(delete, write=True)
 
     async def get(self, message_id: str) -> MessageRecord | None:
         return await (await self._store()).run(

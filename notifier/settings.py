@@ -77,6 +77,8 @@ class DefaultsSettings(_Section):
 
 class OutboxSettings(_Section):
     path: Path = Path("var/outbox.sqlite3")
+    #: Seconds a finished (delivered or failed) message is kept; 0 keeps them forever.
+    retention: float = Field(30 * 24 * 3600.0, ge=0)
 
 
 class LimitsSettings(_Section):

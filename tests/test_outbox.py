@@ -169,3 +169,19 @@ def test_overall_status_rules() -> None:
     assert overall_status(["delivered", "failed"]) == "failed"
     assert overall_status(["delivered", "queued"]) == "queued"
     assert overall_status(["failed", "sending"]) == "sending"
+
+
+async def test_purge_removes_finished_messages_past_retention_only(
+    outbox: SqliteOutbox, clock: Clock
+) -> None:
+    done = await outbox.add(new_message(1), subscribers=["smtp"])
+    waiting = await outbox.add(new_message(2), subscribers=["smtp"])
+    [_, _] = await outbox.claim(owner="a", limit=10, lease_seconds=60)
+    await outbox.record(done.id, owner="a", outcomes={"smtp": Outcome("delivered")})
+    await outbox.release(waiting.id, owner="a", subscribers=["smtp"])
+    clock.now += 100
+    assert await outbox.purge(retention=0) == 0  # 0 keeps everything
+    assert await outbox.purge(retention=200) == 0  # not old enough yet
+    assert await outbox.purge(retention=50) == 1
+    assert await outbox.get(done.id) is None
+    assert await outbox.get(waiting.id) is not None, "an unfinished message is never purged"

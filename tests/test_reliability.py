@@ -209,7 +209,7 @@ async def test_idempotency_keys_expire_and_abandoned_reservations_are_given_up(
     assert replay.response is not None
     assert (await outbox.reserve(IdempotencyKey("k", "hash-b"), ttl=86400)).state == "mismatch"
     clock.now += 86400 + 1
-    await outbox.purge()
+    await outbox.purge(retention=0)
     assert (await outbox.reserve(IdempotencyKey("k", "hash-b"), ttl=86400)).state == "reserved"
 
     stuck = IdempotencyKey("stuck", "h")
