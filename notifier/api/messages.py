@@ -112,7 +112,10 @@ async def send_message(name: str) -> Response:
             respond=_accepted_body,
             lease=(dispatcher.owner, dispatcher.lease_seconds) if direct else None,
         )
-    except Exception:
+    except BaseException:
+        # Also on cancellation (the client went away): the reservation must not leak.
+        # If the store commits after all, the message is leased to this dispatcher and
+        # is delivered once that lease runs out: late, never lost.
         if direct:
             dispatcher.unreserve()
         if key is not None:
