@@ -71,23 +71,24 @@ def _mark_value(value: Any) -> Any:
     """Jinja ``finalize`` hook: wrap each interpolated value in markers (see module doc).
 
     Runs once per ``{{ ... }}``: keep the common case (short ASCII text) to a few
-    cheap checks.
+    cheap checks. Markup (from ``|e`` or ``|safe``) gets the same treatment as text, so
+    no filter lets a value's line breaks or markers through.
     """
-    if type(value) is str:
-        text = value
-    elif isinstance(value, Markup):
-        # Already-safe HTML must stay Markup or autoescaping would escape it twice; the
-        # markers are constant noncharacters, so wrapping them as Markup is safe.
-        return Markup(VALUE_START) + value + Markup(VALUE_END)  # noqa: S704
-    else:
-        text = str(value)
+    markup = isinstance(value, Markup)
+    text = str(value) if markup or type(value) is not str else value
     if not text.isascii() or "\n" in text or "\r" in text:
         if _NONCHARACTER.search(text) is not None:
             raise TemplateError(
-                "a request value contains a Unicode noncharacter (U+FDD0..U+FDEF)",
-                title="Invalid request value",
+                "a value contains a Unicode noncharacter (U+FDD0..U+FDEF): request data may"
+                " not, and the output of a macro, call block or {% set %} block cannot be"
+                " printed with {{ }} in notifier templates (use {% include %} to share parts)",
+                title="Invalid value in template output",
             )
         text = text.replace("\r", CR_MARK).replace("\n", LF_MARK)
+    if markup:
+        # Already-safe HTML must stay Markup or autoescaping would escape it twice; the
+        # markers are constant noncharacters and the text was Markup already.
+        return Markup(f"{VALUE_START}{text}{VALUE_END}")  # noqa: S704
     return f"{VALUE_START}{text}{VALUE_END}"
 
 

@@ -276,3 +276,33 @@ def test_long_non_ascii_display_name_keeps_its_spaces(render: Render) -> None:
     view = message_view(composed.data)
     assert view["headers"]["From"] == f"{name} <shop@example.com>"
     assert view["headers"]["To"] == f"b@example.com, {name} <c@example.com>"
+
+
+@pytest.mark.parametrize("escape", ["e", "escape", "safe", "forceescape"])
+@pytest.mark.parametrize(
+    "subject",
+    ["hello\nBcc: eve@evil.example", "hello\r\n\r\nInjected body", "hello\u2028Bcc: x@y.z"],
+)
+def test_filters_returning_markup_cannot_inject(render: Render, escape: str, subject: str) -> None:
+    with pytest.raises((HeaderInjection, ComposeError)):
+        render(
+            f"From: a@example.com\nTo: b@example.com\nSubject: {{{{ subject|{escape} }}}}\n\nx",
+            {"subject": subject},
+        )
+
+
+def test_forged_markers_cannot_add_a_recipient(render: Render) -> None:
+    with pytest.raises(TemplateError, match="noncharacter"):
+        render(
+            "From: a@example.com\nTo: {{ to|e }}\n\nx",
+            {"to": "bob@example.com\ufdd1, \ufdd0eve@evil.example"},
+        )
+
+
+def test_printing_a_macro_is_refused_with_a_clear_error(render: Render) -> None:
+    source = (
+        "From: a@example.com\nTo: b@example.com\n\n"
+        "{% macro greet(n) %}Hello {{ n }}{% endmacro %}{{ greet(name) }}\n"
+    )
+    with pytest.raises(TemplateError, match=r"macro, call block or \{% set %\} block"):
+        render(source, {"name": "Bob"})
