@@ -57,6 +57,7 @@ def create_app(
         settings.delivery,
         metrics=metrics,
         retention=settings.outbox.retention,
+        log_addresses=settings.log.include_addresses,
     )
     app.extensions["notifier.outbox"] = store
     app.extensions["notifier.dispatcher"] = dispatcher

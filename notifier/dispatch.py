@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import random
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -42,6 +43,9 @@ IDLE_POLL_SECONDS = 1.0
 LEASE_MARGIN_SECONDS = 30.0
 #: Longest error text kept per attempt.
 MAX_ERROR_LENGTH = 1000
+#: Addresses in error texts (relay replies quote them) are masked in log lines unless
+#: log.include_addresses is set.
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
 #: How often to look for leases held by processes that died, and for expired keys.
 HOUSEKEEPING_SECONDS = 60.0
 
@@ -113,9 +117,11 @@ class Dispatcher:
         rng: Callable[[], float] = random.random,
         metrics: Metrics | None = None,
         retention: float = 0.0,
+        log_addresses: bool = False,
     ) -> None:
         self._app = app
         self._retention = retention
+        self._log_addresses = log_addresses
         self._metrics = metrics or Metrics()
         self._outbox = outbox
         self._subscribers = subscribers
@@ -128,7 +134,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._deliveries: dict[asyncio.Task[None], DeliveryRound] = {}
-        self._relays: list[Callable[..., Awaitable[None]]] = []
+        self._relays: dict[str, Callable[..., Awaitable[None]]] = {}
         self._stopping = False
         self._reserved = 0
 
@@ -141,7 +147,7 @@ class Dispatcher:
             relay = _relay(subscriber)
             # Strong references, sender-specific: each app's relays see only its messages.
             message_ready.connect(relay, sender=self._app, weak=False)
-            self._relays.append(relay)
+            self._relays[subscriber.name] = relay
         self._loop_task = asyncio.create_task(self._run(), name="notifier dispatcher")
 
     def wake(self) -> None:
@@ -168,6 +174,10 @@ class Dispatcher:
     def deliver_now(self, claim: Claim) -> None:
         """Deliver a message stored leased to this dispatcher (see :meth:`reserve`)."""
         self._reserved -= 1
+        if self._stopping:
+            # Too late to start: the lease is released at the next start (this process
+            # is gone by then) and the message delivered.
+            return
         self._start(claim)
 
     def _free(self) -> int:
@@ -192,33 +202,56 @@ class Dispatcher:
             task.cancel()
         if self._deliveries:
             await asyncio.wait(list(self._deliveries))
-        for relay in self._relays:
+        for relay in self._relays.values():
             message_ready.disconnect(relay, sender=self._app)
         self._relays.clear()
 
     async def _run(self) -> None:
         while not self._stopping:
-            if time.monotonic() >= self._next_housekeeping:
-                await self._housekeeping()
-            free = self._free()
-            if free <= 0:
-                if self._deliveries:
-                    await asyncio.wait(list(self._deliveries), return_when=asyncio.FIRST_COMPLETED)
-                else:  # only reservations: their messages are being stored right now
-                    await self._idle()
-                continue
-            self._wake.clear()
             try:
-                claims = await self._outbox.claim(
-                    owner=self.owner, limit=free, lease_seconds=self.lease_seconds
+                await self._step()
+            except Exception:
+                # Whatever went wrong (a custom outbox, a bug), the dispatcher must keep
+                # running: stored messages depend on it. Log, pause, go on.
+                logger.exception("the dispatcher hit an unexpected error; retrying in 1 s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    @property
+    def running(self) -> bool:
+        """Whether the dispatch loop is alive (for readiness)."""
+        return self._loop_task is not None and not self._loop_task.done()
+
+    async def _step(self) -> None:
+        """One turn: housekeeping when due, then claim and start what fits, or wait."""
+        if time.monotonic() >= self._next_housekeeping:
+            await self._housekeeping()
+        free = self._free()
+        if free <= 0:
+            # Full: wait for a delivery to end, or for stop() (whose grace period must
+            # not first wait for a free slot), or for a reservation to be handed over.
+            waiter = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait(
+                    [*self._deliveries, waiter],
+                    timeout=IDLE_POLL_SECONDS,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
-            except OutboxUnavailable as exc:
-                logger.error("cannot claim messages: %s", exc.detail)
-                claims = []
-            for claim in claims:
-                self._start(claim)
-            if len(claims) < free and not self._stopping:
-                await self._idle()
+            finally:
+                waiter.cancel()
+            return
+        self._wake.clear()
+        try:
+            claims = await self._outbox.claim(
+                owner=self.owner, limit=free, lease_seconds=self.lease_seconds
+            )
+        except OutboxUnavailable as exc:
+            logger.error("cannot claim messages: %s", exc.detail)
+            claims = []
+        for claim in claims:
+            self._start(claim)
+        if len(claims) < free and not self._stopping:
+            await self._idle()
 
     async def _housekeeping(self) -> None:
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
@@ -280,9 +313,14 @@ class Dispatcher:
                     delivery_round=delivery_round,
                 )
             except Exception:
-                # A receiver connected directly (not through settings) failed; ours never
-                # raise here. The configured subscribers' tasks are running regardless.
+                # A receiver connected directly (not through settings) failed. blinker
+                # stops at the first receiver that raises, so relays it had not reached
+                # yet are started below; ours never raise.
                 logger.exception("a message_ready receiver failed for message %s", message.id)
+            for name in delivery_round.not_started():
+                relay = self._relays.get(name)
+                if relay is not None:
+                    await relay(self._app, message=message, delivery_round=delivery_round)
             missing = PermanentFailure("no subscriber with this name is configured")
             finishing = [
                 self._finish(delivery_round, name, task, recorded)
@@ -335,6 +373,9 @@ class Dispatcher:
         if elapsed is not None:
             self._metrics.delivery_seconds.labels(name).observe(elapsed)
         message = delivery_round.claim.message
+        error = outcome.error
+        if error and not self._log_addresses:
+            error = _ADDRESS.sub("<address>", error)
         logger.log(
             logging.INFO if outcome.status == "delivered" else logging.WARNING,
             "delivery attempt",
@@ -346,7 +387,7 @@ class Dispatcher:
                 attempt=attempt,
                 outcome=label,
                 smtp_code=outcome.smtp_code,
-                error=outcome.error,
+                error=error,
                 duration_ms=None if elapsed is None else round(elapsed * 1000, 2),
             ),
         )

@@ -457,11 +457,20 @@ class SqliteOutbox(Outbox):
         now = self._clock()
 
         def requeue(db: sqlite3.Connection) -> MessageRecord | None:
-            db.execute(
-                "UPDATE deliveries SET status = 'queued', attempts = 0, next_attempt_at = ?,"
-                " updated_at = ? WHERE message = ? AND status = 'failed'",
-                (now, now, message_id),
-            )
+            failed = db.execute(
+                "SELECT subscriber, detail FROM deliveries WHERE message = ? AND status = 'failed'",
+                (message_id,),
+            ).fetchall()
+            for subscriber, detail in failed:
+                # After a partial refusal only the refused recipients are tried again:
+                # the others already have the message.
+                refused = json.loads(detail).get("refused") if detail else None
+                retry_detail = json.dumps({"retry_recipients": list(refused)}) if refused else None
+                db.execute(
+                    "UPDATE deliveries SET status = 'queued', attempts = 0, next_attempt_at = ?,"
+                    " detail = ?, updated_at = ? WHERE message = ? AND subscriber = ?",
+                    (now, retry_detail, now, message_id, subscriber),
+                )
             db.execute("UPDATE messages SET retried_at = ? WHERE id = ?", (now, message_id))
             return _select_record(db, message_id)
 
@@ -726,6 +735,10 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE messages ADD COLUMN request_id TEXT;
     """,
+    # 4: purging by age without reading every message
+    """
+    CREATE INDEX messages_created_at ON messages (created_at);
+    """,
 ]
 
 
@@ -827,6 +840,9 @@ class _StoreThread:
                         results.append((job(db), None))
                     except Exception as exc:
                         db.execute("ROLLBACK TO job")
+                        if isinstance(exc, sqlite3.Error):
+                            # Callers handle one error for an unusable store, not SQLite's.
+                            exc = OutboxUnavailable(f"the outbox is unavailable: {exc}")
                         results.append((None, exc))
                     db.execute("RELEASE job")
                 db.execute("COMMIT")

@@ -205,7 +205,7 @@ async def test_readyz_follows_the_relay_and_the_outbox(
         assert up.status_code == 200, await up.get_data(as_text=True)
         assert (await up.get_json()) == {
             "status": "ready",
-            "checks": {"templates": "ok", "outbox": "ok", "smtp": "ok"},
+            "checks": {"templates": "ok", "outbox": "ok", "dispatcher": "ok", "smtp": "ok"},
         }
     finally:
         relay.stop()

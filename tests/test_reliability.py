@@ -3,6 +3,7 @@ idempotency-key rules: against a real capture server with fault injection."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime
 from pathlib import Path
@@ -220,3 +221,89 @@ async def test_idempotency_keys_expire_and_abandoned_reservations_are_given_up(
     with pytest.raises(Exception, match="still being handled"):
         await outbox.add(message, subscribers=[], idempotency_key=stuck)
     await outbox.close()
+
+
+async def test_retry_after_a_partial_refusal_sends_only_to_the_refused(
+    serving: MakeClient,
+    delivery_settings: dict[str, Any],
+    smtp_capture: Any,
+    templates_dir: Path,
+) -> None:
+    (templates_dir / "pair.j2").write_text("From: shop@example.com\nTo: {{ a }}, {{ b }}\n\nhi\n")
+    smtp_capture.faults.add("b@example.com", "fail-550", times=1)
+    delivery_settings["subscribers"] = ["smtp"]
+    client = await serving(delivery_settings)
+    response = await client.post("/v1/send/pair", json={"a": "a@example.com", "b": "b@example.com"})
+    location = response.headers["Location"]
+    assert (await wait_for_status(client, location, finished))["status"] == "failed"
+    retried = await client.post(f"{location}/retry")
+    assert retried.status_code == 202
+    done = await wait_for_status(client, location, finished)
+    assert done["status"] == "delivered"
+    first, second = smtp_capture.messages
+    assert first.envelope_to == ("a@example.com",)
+    assert second.envelope_to == ("b@example.com",)
+
+
+async def test_a_failing_direct_receiver_does_not_stop_configured_subscribers(
+    serving: MakeClient,
+    delivery_settings: dict[str, Any],
+    smtp_capture: Any,
+    burger_order: dict[str, Any],
+) -> None:
+    from notifier.signals import message_ready
+
+    def broken(sender: Any, **kwargs: Any) -> None:
+        raise ZeroDivisionError("a receiver connected in code")
+
+    message_ready.connect(broken)
+    try:
+        delivery_settings["subscribers"] = ["smtp", "log"]
+        client = await serving(delivery_settings)
+        response = await client.post("/v1/send/burger_receipt", json=burger_order)
+        done = await wait_for_status(client, response.headers["Location"], finished)
+        assert done["status"] == "delivered"
+        assert len(smtp_capture.messages) == 1
+    finally:
+        message_ready.disconnect(broken)
+
+
+class _FlakyOutbox(SqliteOutbox):
+    """A real SQLite outbox whose next_due raises an unexpected error once."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.failures = 1
+
+    async def next_due(self) -> float | None:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("unexpected")
+        return await super().next_due()
+
+
+async def test_the_dispatcher_survives_an_unexpected_error(
+    settings_data: dict[str, Any],
+    smtp_capture: Any,
+    burger_order: dict[str, Any],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from notifier.app import create_app
+    from notifier.settings import Settings
+
+    settings_data["smtp"] = {"host": smtp_capture.host, "port": smtp_capture.port}
+    settings_data["subscribers"] = ["smtp"]
+    outbox = _FlakyOutbox(tmp_path / "flaky.sqlite3")
+    app = create_app(Settings.from_mapping(settings_data), outbox=outbox)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        deadline = time.monotonic() + 10
+        while outbox.failures and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert outbox.failures == 0
+        assert (await client.get("/readyz")).status_code == 200  # the loop is still alive
+        response = await client.post("/v1/send/burger_receipt", json=burger_order)
+        done = await wait_for_status(client, response.headers["Location"], finished)
+        assert done["status"] == "delivered"
+    assert "unexpected error" in caplog.text

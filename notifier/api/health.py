@@ -12,6 +12,7 @@ from typing import Any
 from quart import Blueprint, Response, current_app
 
 from notifier.api.problems import PROBLEM_TYPE_BASE
+from notifier.dispatch import Dispatcher
 from notifier.errors import OutboxUnavailable
 from notifier.metrics import Metrics
 from notifier.outbox import Outbox
@@ -37,9 +38,11 @@ async def readyz() -> Response:
     settings: Settings = current_app.extensions["notifier.settings"]
     renderer: Renderer = current_app.extensions["notifier.renderer"]
     outbox: Outbox = current_app.extensions["notifier.outbox"]
+    dispatcher: Dispatcher = current_app.extensions["notifier.dispatcher"]
     checks = {
         "templates": _check_templates(renderer),
         "outbox": await _check_outbox(outbox),
+        "dispatcher": "ok" if dispatcher.running else "the delivery loop is not running",
     }
     if "smtp" in settings.subscribers:
         checks["smtp"] = await _check_relay(settings)

@@ -191,8 +191,8 @@ SCHEMAS: JSONObject = {
     ),
     "Checks": {
         "type": "object",
-        "description": "Each check (`templates`, `outbox`, and `smtp` when smtp is "
-        "a subscriber): `ok`, or why it failed.",
+        "description": "Each check (`templates`, `outbox`, `dispatcher`, and `smtp` "
+        "when smtp is a subscriber): `ok`, or why it failed.",
         "additionalProperties": _STRING,
     },
     "NotReady": {
