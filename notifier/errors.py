@@ -19,6 +19,7 @@ __all__ = [
     "IdempotencyMismatch",
     "InvalidAddress",
     "InvalidIdempotencyKey",
+    "InvalidQuery",
     "MissingVariable",
     "NothingToRetry",
     "NotifierError",
@@ -210,6 +211,14 @@ class InvalidIdempotencyKey(NotifierError, ValueError):
     status = 400
     slug = "invalid-idempotency-key"
     title = "Invalid Idempotency-Key"
+
+
+class InvalidQuery(NotifierError, ValueError):
+    """A query parameter has a value the endpoint does not accept (400)."""
+
+    status = 400
+    slug = "invalid-query"
+    title = "Invalid query parameter"
 
 
 class NothingToRetry(NotifierError):

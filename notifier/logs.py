@@ -48,8 +48,14 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         extra = getattr(record, "fields", {})
         if extra:
-            text += " " + " ".join(f"{key}={value}" for key, value in extra.items())
+            text += " " + " ".join(f"{key}={_one_line(value)}" for key, value in extra.items())
         return text
+
+
+def _one_line(value: Any) -> str:
+    # A value with a line break (a URL path with %0A, say) must not start a forged line.
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def configure_logging(settings: LogSettings) -> None:

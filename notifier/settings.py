@@ -16,7 +16,8 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -244,7 +245,27 @@ def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
             if not isinstance(section, dict):
                 raise SettingsError(f"{variable}: {key} is not a section")
             target = section
-        target[keys[-1]] = _parse_override(env[variable])
+        raw = env[variable]
+        # A text setting takes the variable as it is: JSON parsing would turn a
+        # password like 12345678 into a number, or "null" into no password at all.
+        target[keys[-1]] = raw if _is_text_setting(keys) else _parse_override(raw)
+
+
+def _is_text_setting(keys: list[str]) -> bool:
+    model: type[BaseModel] = Settings
+    for key in keys:
+        field = next((f for name, f in model.model_fields.items() if key in (name, f.alias)), None)
+        if field is None:
+            return False  # unknown: validation names it
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            continue
+        # Optional[X] is a union: look at its members. list[str] is not text.
+        is_union = get_origin(annotation) in (Union, UnionType)
+        parts = set(get_args(annotation)) if is_union else {annotation}
+        return bool(parts & {str, SecretStr, Path})
+    return False
 
 
 def _parse_override(raw: str) -> Any:
@@ -260,8 +281,10 @@ def _describe_validation_error(exc: ValidationError) -> str:
     if error["type"] == "extra_forbidden":
         return f"settings: unknown key {key!r}"
     value = error.get("input")
-    shown = "" if isinstance(value, Mapping) else f" (got {value!r})"
-    if "password" in key or "token" in key:
-        shown = ""  # never echo a secret, even a malformed one
+    # Echo only a plain scalar, and nothing from sections that hold secrets: a whole
+    # section of the wrong shape would otherwise print its password or tokens.
+    scalar = value is None or isinstance(value, str | int | float | bool)
+    secret_section = key.split(".")[0] in ("auth", "smtp")
+    shown = f" (got {value!r})" if scalar and not secret_section else ""
     more = f"; {exc.error_count() - 1} more error(s)" if exc.error_count() > 1 else ""
     return f"settings: {key}: {error['msg']}{shown}{more}"

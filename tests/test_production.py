@@ -320,3 +320,32 @@ async def test_logs_are_json_with_request_ids_and_never_secrets(
     attempts = [line for line in lines if line.get("message") == "delivery attempt"]
     assert {line["subscriber"] for line in attempts} == {"smtp", "log"}
     assert all(line["request_id"] == "req-42.a_b" for line in attempts)
+
+
+async def test_idempotency_keys_belong_to_their_token(
+    authed: Any, burger_order: dict[str, Any]
+) -> None:
+    key = {"Idempotency-Key": "order-1001"}
+    first = await authed.post(
+        "/v1/send/burger_receipt", json=burger_order, headers={**bearer(SEND_TOKEN), **key}
+    )
+    other = await authed.post(
+        "/v1/send/burger_receipt",
+        json={**burger_order, "name": "Someone else"},
+        headers={**bearer(ADMIN_TOKEN), **key},
+    )
+    assert first.status_code == other.status_code == 202
+    assert (await first.get_json())["id"] != (await other.get_json())["id"]
+    mismatch = await authed.post(
+        "/v1/send/burger_receipt",
+        json={**burger_order, "name": "Changed"},
+        headers={**bearer(SEND_TOKEN), **key},
+    )
+    assert mismatch.status_code == 422
+    assert (await mismatch.get_json())["idempotency_key"] == "order-1001"
+
+
+async def test_bad_list_query_is_an_invalid_query_problem(authed: Any) -> None:
+    response = await authed.get("/v1/messages?status=lost", headers=bearer(ADMIN_TOKEN))
+    assert response.status_code == 400
+    assert (await response.get_json())["type"] == "urn:notifier:problem:invalid-query"

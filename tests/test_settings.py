@@ -113,3 +113,30 @@ def test_unreadable_and_malformed_files_are_one_line_errors(tmp_path: Path) -> N
     (tmp_path / "list.yml").write_text("- a\n- b\n")
     with pytest.raises(SettingsError, match="mapping"):
         load_settings(tmp_path / "list.yml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "secret"),
+    [
+        ("auth:\n  - {name: ci, token: SuperSecretToken123456}\n", "SuperSecretToken123456"),
+        ("smtp: [host, {password: hunter2hunter2}]\n", "hunter2hunter2"),
+        ("smtp: {password: {nested: s3cr3t-value}}\n", "s3cr3t-value"),
+    ],
+)
+def test_errors_never_echo_secrets_of_a_malformed_section(
+    tmp_path: Path, yaml_text: str, secret: str
+) -> None:
+    (tmp_path / "s.yml").write_text(yaml_text)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(tmp_path / "s.yml", environ={})
+    assert secret not in str(caught.value)
+
+
+@pytest.mark.parametrize("password", ["12345678", "null", "true", '"quoted"', "[1]"])
+def test_text_settings_take_the_environment_value_as_it_is(password: str) -> None:
+    settings = load_settings(
+        None, environ={"NOTIFIER_SMTP__PASSWORD": password, "NOTIFIER_SMTP__HOST": "10"}
+    )
+    assert settings.smtp.password is not None
+    assert settings.smtp.password.get_secret_value() == password
+    assert settings.smtp.host == "10"

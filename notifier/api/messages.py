@@ -13,16 +13,16 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, current_app, g, request
 
 from notifier.api.render import read_json_object, render_timed
 from notifier.api.tracing import request_id
 from notifier.dispatch import Dispatcher
 from notifier.errors import (
-    BadRequestBody,
     IdempotencyConflict,
     IdempotencyMismatch,
     InvalidIdempotencyKey,
+    InvalidQuery,
     NothingToRetry,
     OutboxUnavailable,
     UnknownMessage,
@@ -84,11 +84,11 @@ async def send_message(name: str) -> Response:
             assert reservation.response is not None
             return _accepted(reservation.response, replayed=True)
         if reservation.state == "in_flight":
-            raise IdempotencyConflict(key.key)
+            raise IdempotencyConflict(request.headers["Idempotency-Key"])
         if reservation.state == "mismatch":
             raise IdempotencyMismatch(
                 "this Idempotency-Key was used with a different request; use a new key",
-                idempotency_key=key.key,
+                idempotency_key=request.headers["Idempotency-Key"],
             )
     direct = False
     try:
@@ -162,7 +162,9 @@ def _idempotency_key(name: str, fingerprint: str) -> IdempotencyKey | None:
     # The template is part of the request: the same body sent to another template with
     # the same key is a different request.
     request_hash = hashlib.sha256(f"{name}\n{fingerprint}".encode()).hexdigest()
-    return IdempotencyKey(key=raw, request_hash=request_hash)
+    # Keys belong to the caller: two services that both use "order-1001" do not collide.
+    caller = getattr(g, "token_name", None) or ""
+    return IdempotencyKey(key=f"{caller}/{raw}", request_hash=request_hash)
 
 
 @messages.get("/messages/<message_id>")
@@ -179,21 +181,15 @@ async def list_messages() -> dict[str, Any]:
     outbox: Outbox = current_app.extensions["notifier.outbox"]
     status = request.args.get("status")
     if status not in DELIVERY_STATUSES:
-        raise BadRequestBody(
-            f"status must be one of {', '.join(DELIVERY_STATUSES)}",
-            title="Invalid query",
-            parameter="status",
+        raise InvalidQuery(
+            f"status must be one of {', '.join(DELIVERY_STATUSES)}", parameter="status"
         )
     try:
         limit = int(request.args.get("limit", DEFAULT_PAGE))
     except ValueError:
         limit = -1
     if not 1 <= limit <= MAX_PAGE:
-        raise BadRequestBody(
-            f"limit must be a whole number from 1 to {MAX_PAGE}",
-            title="Invalid query",
-            parameter="limit",
-        )
+        raise InvalidQuery(f"limit must be a whole number from 1 to {MAX_PAGE}", parameter="limit")
     before = request.args.get("before")
     records = await outbox.list_messages(status=status, limit=limit, before=before)
     next_page = records[-1].id if len(records) == limit else None

@@ -45,8 +45,10 @@ class SmtpSubscriber:
     ) -> dict[str, Any]:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._settings.pool_size)
+        # The slot first: waiting for a pooled connection is not the relay being slow and
+        # must not use up the delivery's deadline (delivery.subscriber_timeout bounds it).
         try:
-            async with asyncio.timeout(self._settings.timeout), self._slots:
+            async with self._slots, asyncio.timeout(self._settings.timeout):
                 return await self._deliver(message)
         except TimeoutError:
             raise TransientFailure(
@@ -161,8 +163,11 @@ class SmtpSubscriber:
 
     def _context(self) -> ssl.SSLContext:
         if self._tls_context is None:
-            ca_file = str(self._settings.ca_file) if self._settings.ca_file else None
-            context = ssl.create_default_context(cafile=ca_file)
+            context = ssl.create_default_context()
+            if self._settings.ca_file is not None:
+                # In addition to the system's CAs: create_default_context(cafile=...)
+                # would use this bundle alone.
+                context.load_verify_locations(cafile=str(self._settings.ca_file))
             if not self._settings.verify:
                 # Only when the operator set smtp.verify: false explicitly.
                 context.check_hostname = False
