@@ -307,3 +307,35 @@ async def test_the_dispatcher_survives_an_unexpected_error(
         done = await wait_for_status(client, response.headers["Location"], finished)
         assert done["status"] == "delivered"
     assert "unexpected error" in caplog.text
+
+
+async def test_shutdown_keeps_to_its_grace_even_when_the_dispatcher_is_full(
+    settings_data: dict[str, Any], burger_order: dict[str, Any], tmp_path: Path
+) -> None:
+    from notifier.app import create_app
+    from notifier.settings import Settings
+    from tests import subscribers_for_tests
+
+    subscribers_for_tests.RELEASE_SLOW.clear()
+    settings_data["subscribers"] = ["tests.subscribers_for_tests:slow"]
+    settings_data["delivery"] = {
+        "concurrency": 1,
+        "shutdown_grace": 0.3,
+        "subscriber_timeout": 60,
+    }
+    app = create_app(Settings.from_mapping(settings_data))
+    test_app = app.test_app()
+    await test_app.startup()
+    client = test_app.test_client()
+    first = await client.post("/v1/send/burger_receipt", json=burger_order)
+    await client.post("/v1/send/burger_receipt", json=burger_order)  # waits for the slot
+    await wait_for_status(client, first.headers["Location"], lambda b: b["status"] == "sending")
+    started = time.monotonic()
+    await test_app.shutdown()  # the slow subscriber never finishes by itself
+    assert time.monotonic() - started < 5, "shutdown waited for a free slot, not the grace"
+    # The interrupted delivery was handed back, not counted as an attempt.
+    reopened = create_app(Settings.from_mapping({**settings_data, "subscribers": []}))
+    async with reopened.test_app() as again:
+        status = await (await again.test_client().get(first.headers["Location"])).get_json()
+    assert status["subscribers"]["tests.subscribers_for_tests:slow"]["status"] == "queued"
+    assert status["subscribers"]["tests.subscribers_for_tests:slow"]["attempts"] == 0
