@@ -81,8 +81,9 @@ def create_app(
 
     # Order matters: authentication names the caller, the rate limit counts by it; the
     # request id comes first of all (init_tracing puts its hook in front).
-    Authenticator(settings.auth).init_app(app)
-    RateLimiter(settings.limits).init_app(app)
+    limiter = RateLimiter(settings.limits)
+    Authenticator(settings.auth, limiter=limiter).init_app(app)
+    limiter.init_app(app)
     init_tracing(app, metrics)
     register_error_handlers(app)
     register_blueprints(app)

@@ -12,6 +12,7 @@ settings file; with no file they resolve against the working directory.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -20,7 +21,15 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from notifier.errors import SettingsError
 
@@ -49,6 +58,15 @@ ENV_PREFIX = "NOTIFIER_"
 DEFAULT_SETTINGS_FILE = "settings.yml"
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class _Section(BaseModel):
     # Unknown keys are typos or stale settings: refuse them instead of ignoring them.
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -70,6 +88,19 @@ class SmtpSettings(_Section):
     timeout: float = Field(30.0, gt=0)
     #: Connections kept open to the relay and reused across messages.
     pool_size: int = Field(4, ge=1)
+    #: Allow a login without TLS to a relay that is not on this machine (off: refused
+    #: at start-up, since the password would cross the network in the clear).
+    allow_plaintext_auth: bool = False
+
+    @model_validator(mode="after")
+    def _no_password_in_the_clear(self) -> SmtpSettings:
+        remote = not _is_loopback(self.host)
+        if self.tls == "none" and self.username and remote and not self.allow_plaintext_auth:
+            raise ValueError(
+                "smtp.username is set with smtp.tls: none for a relay that is not on this"
+                " machine; use starttls or tls (or smtp.allow_plaintext_auth: true)"
+            )
+        return self
 
 
 class DefaultsSettings(_Section):

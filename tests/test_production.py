@@ -349,3 +349,24 @@ async def test_bad_list_query_is_an_invalid_query_problem(authed: Any) -> None:
     response = await authed.get("/v1/messages?status=lost", headers=bearer(ADMIN_TOKEN))
     assert response.status_code == 400
     assert (await response.get_json())["type"] == "urn:notifier:problem:invalid-query"
+
+
+async def test_failed_authentications_are_rate_limited(
+    serving: MakeClient, delivery_settings: dict[str, Any]
+) -> None:
+    delivery_settings["auth"] = {"tokens": TOKENS}
+    delivery_settings["limits"] = {"rate_per_minute": 60, "rate_burst": 2, "allowed_senders": ["*"]}
+    client = await serving(delivery_settings)
+    guesses = [
+        (await client.get("/v1/templates", headers=bearer(f"guess-{n:020d}"))).status_code
+        for n in range(3)
+    ]
+    assert guesses == [401, 401, 429]
+
+
+def test_ipv6_callers_share_a_bucket_per_64() -> None:
+    from notifier.api.ratelimit import client_network
+
+    assert client_network("2001:db8:1:2:aaaa::1") == client_network("2001:db8:1:2:bbbb::9")
+    assert client_network("2001:db8:1:2::1") != client_network("2001:db8:1:3::1")
+    assert client_network("192.0.2.7") == "192.0.2.7"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,3 +141,24 @@ def test_text_settings_take_the_environment_value_as_it_is(password: str) -> Non
     assert settings.smtp.password is not None
     assert settings.smtp.password.get_secret_value() == password
     assert settings.smtp.host == "10"
+
+
+@pytest.mark.parametrize(
+    ("smtp", "allowed"),
+    [
+        ({"host": "relay.example.net", "username": "u"}, False),
+        ({"host": "relay.example.net", "username": "u", "allow_plaintext_auth": True}, True),
+        ({"host": "relay.example.net", "username": "u", "tls": "starttls"}, True),
+        ({"host": "127.0.0.1", "username": "u"}, True),
+        ({"host": "::1", "username": "u"}, True),
+        ({"host": "relay.example.net"}, True),
+    ],
+)
+def test_login_in_the_clear_to_a_remote_relay_is_refused(
+    smtp: dict[str, Any], allowed: bool
+) -> None:
+    if allowed:
+        Settings.from_mapping({"smtp": smtp})
+    else:
+        with pytest.raises(SettingsError, match="allow_plaintext_auth"):
+            Settings.from_mapping({"smtp": smtp})

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from quart import Quart, g, request
 
+from notifier.api.ratelimit import RateLimiter, client_network
 from notifier.errors import Forbidden, Unauthorized
 from notifier.settings import AuthSettings
 
@@ -38,7 +39,8 @@ class _KnownToken:
 class Authenticator:
     """Checks each ``/v1`` request's bearer token and scope (a ``before_request`` hook)."""
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings, *, limiter: RateLimiter | None = None) -> None:
+        self._limiter = limiter
         # Only digests are kept: comparing fixed-length digests in constant time leaks
         # neither a token's content nor its length through timing.
         self._tokens = [
@@ -84,6 +86,10 @@ class Authenticator:
     def _authenticate(self, header: str) -> _KnownToken:
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
+            if self._limiter is not None:
+                self._limiter.refuse_if_limited(
+                    f"failed authentication {client_network()}", "failed authentications"
+                )
             raise Unauthorized("send 'Authorization: Bearer <token>'")
         digest = _digest(presented.strip())
         found = None
@@ -91,6 +97,11 @@ class Authenticator:
             if hmac.compare_digest(digest, token.digest):
                 found = token
         if found is None:
+            if self._limiter is not None:
+                # Guessing tokens costs from the caller's address bucket like any request.
+                self._limiter.refuse_if_limited(
+                    f"failed authentication {client_network()}", "failed authentications"
+                )
             raise Unauthorized("the token is not valid")
         return found
 

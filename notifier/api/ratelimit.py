@@ -7,6 +7,7 @@ so the service as a whole allows up to N times it.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections.abc import Callable
@@ -16,10 +17,23 @@ from quart import Quart, g, request
 from notifier.errors import RateLimited
 from notifier.settings import LimitsSettings
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "client_network"]
 
 #: Buckets kept at most; the least recently used are dropped beyond this.
 MAX_BUCKETS = 10_000
+
+
+def client_network(address: str | None = None) -> str:
+    """The caller's address for rate limiting: IPv6 callers by their /64, since one
+    host commonly holds a whole /64 and could rotate through it."""
+    address = address if address is not None else (request.remote_addr or "")
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if parsed.version == 6:
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return address
 
 
 class RateLimiter:
@@ -40,13 +54,21 @@ class RateLimiter:
     async def check(self) -> None:
         if not request.path.startswith("/v1/"):
             return
-        caller = getattr(g, "token_name", None) or f"address {request.remote_addr}"
+        caller = getattr(g, "token_name", None) or f"address {client_network()}"
         wait = self.take(caller)
         if wait > 0:
             raise RateLimited(
                 f"{caller} sent more than {self._per_second * 60:g} requests a minute",
                 retry_after=math.ceil(wait),
             )
+
+    def refuse_if_limited(self, caller: str, what: str) -> None:
+        """Take one request from ``caller``'s bucket or raise :class:`RateLimited`."""
+        if self._per_second <= 0:
+            return
+        wait = self.take(caller)
+        if wait > 0:
+            raise RateLimited(f"too many {what}; try again later", retry_after=math.ceil(wait))
 
     def take(self, caller: str) -> float:
         """Take one request from ``caller``'s bucket; return 0, or seconds to wait."""
