@@ -257,10 +257,11 @@ class Outbox(abc.ABC):
         """Messages whose overall status is ``status``, newest first, ids below ``before``."""
 
     @abc.abstractmethod
-    async def retry(self, message_id: str) -> MessageRecord | None:
+    async def retry(self, message_id: str) -> tuple[MessageRecord, int] | None:
         """Queue a message's failed deliveries again, now, with a fresh attempt budget.
 
-        Returns the updated record, or None for an unknown id.
+        Returns the record after the change and how many deliveries were queued again
+        (0 when none had failed: then nothing changes), or None for an unknown id.
         """
 
     @abc.abstractmethod
@@ -453,10 +454,10 @@ class SqliteOutbox(Outbox):
 
         return await (await self._store()).run(select, write=False)
 
-    async def retry(self, message_id: str) -> MessageRecord | None:
+    async def retry(self, message_id: str) -> tuple[MessageRecord, int] | None:
         now = self._clock()
 
-        def requeue(db: sqlite3.Connection) -> MessageRecord | None:
+        def requeue(db: sqlite3.Connection) -> tuple[MessageRecord, int] | None:
             failed = db.execute(
                 "SELECT subscriber, detail FROM deliveries WHERE message = ? AND status = 'failed'",
                 (message_id,),
@@ -471,8 +472,10 @@ class SqliteOutbox(Outbox):
                     " detail = ?, updated_at = ? WHERE message = ? AND subscriber = ?",
                     (now, retry_detail, now, message_id, subscriber),
                 )
-            db.execute("UPDATE messages SET retried_at = ? WHERE id = ?", (now, message_id))
-            return _select_record(db, message_id)
+            if failed:
+                db.execute("UPDATE messages SET retried_at = ? WHERE id = ?", (now, message_id))
+            record = _select_record(db, message_id)
+            return None if record is None else (record, len(failed))
 
         return await (await self._store()).run(requeue, write=True, durable=True)
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 from dataclasses import dataclass
+from typing import NoReturn
 
 from quart import Quart, g, request
 
@@ -86,24 +87,24 @@ class Authenticator:
     def _authenticate(self, header: str) -> _KnownToken:
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
-            if self._limiter is not None:
-                self._limiter.refuse_if_limited(
-                    f"failed authentication {client_network()}", "failed authentications"
-                )
-            raise Unauthorized("send 'Authorization: Bearer <token>'")
+            self._refuse("send 'Authorization: Bearer <token>'")
         digest = _digest(presented.strip())
         found = None
         for token in self._tokens:  # compare with every token: no early exit on a match
             if hmac.compare_digest(digest, token.digest):
                 found = token
         if found is None:
-            if self._limiter is not None:
-                # Guessing tokens costs from the caller's address bucket like any request.
-                self._limiter.refuse_if_limited(
-                    f"failed authentication {client_network()}", "failed authentications"
-                )
-            raise Unauthorized("the token is not valid")
+            self._refuse("the token is not valid")
         return found
+
+    def _refuse(self, detail: str) -> NoReturn:
+        if self._limiter is not None:
+            # Guessing tokens costs from the caller's address bucket like any request.
+            self._limiter.refuse_if_limited(
+                f"failed authentication {client_network()}",
+                "too many failed authentications; try again later",
+            )
+        raise Unauthorized(detail)
 
 
 def _digest(token: str) -> bytes:

@@ -205,16 +205,17 @@ async def list_messages() -> dict[str, Any]:
 async def retry_message(message_id: str) -> Response:
     outbox: Outbox = current_app.extensions["notifier.outbox"]
     dispatcher: Dispatcher = current_app.extensions["notifier.dispatcher"]
-    current = await outbox.get(message_id)
-    if current is None:
+    # One transaction checks and requeues: two operators retrying at once cannot both
+    # pass a check made before the other's change.
+    retried = await outbox.retry(message_id)
+    if retried is None:
         raise UnknownMessage(f"no message with id {message_id[:100]!r}", id=message_id[:100])
-    if not any(delivery.status == "failed" for delivery in current.deliveries):
+    record, requeued = retried
+    if not requeued:
         raise NothingToRetry(
-            f"message {message_id} has no failed delivery (status {current.status})",
-            status_now=current.status,
+            f"message {message_id} has no failed delivery (status {record.status})",
+            status_now=record.status,
         )
-    record = await outbox.retry(message_id)
-    assert record is not None
     dispatcher.wake()
     response = Response(json.dumps(record.as_json()), status=202, content_type="application/json")
     response.headers["Location"] = f"/v1/messages/{record.id}"

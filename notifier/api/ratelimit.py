@@ -55,20 +55,17 @@ class RateLimiter:
         if not request.path.startswith("/v1/"):
             return
         caller = getattr(g, "token_name", None) or f"address {client_network()}"
-        wait = self.take(caller)
-        if wait > 0:
-            raise RateLimited(
-                f"{caller} sent more than {self._per_second * 60:g} requests a minute",
-                retry_after=math.ceil(wait),
-            )
+        self.refuse_if_limited(
+            caller, f"{caller} sent more than {self._per_second * 60:g} requests a minute"
+        )
 
-    def refuse_if_limited(self, caller: str, what: str) -> None:
+    def refuse_if_limited(self, caller: str, detail: str) -> None:
         """Take one request from ``caller``'s bucket or raise :class:`RateLimited`."""
         if self._per_second <= 0:
             return
         wait = self.take(caller)
         if wait > 0:
-            raise RateLimited(f"too many {what}; try again later", retry_after=math.ceil(wait))
+            raise RateLimited(detail, retry_after=math.ceil(wait))
 
     def take(self, caller: str) -> float:
         """Take one request from ``caller``'s bucket; return 0, or seconds to wait."""

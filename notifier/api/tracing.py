@@ -44,6 +44,8 @@ def init_tracing(app: Quart, metrics: Metrics) -> None:
         rid = request_id()
         if rid is not None:
             response.headers[REQUEST_ID_HEADER] = rid
+        if not logger.isEnabledFor(logging.INFO):
+            return response  # spare building the line on every request
         # Path and route only: no query string, headers or body can leak into logs.
         logger.info(
             "request",
