@@ -47,7 +47,8 @@ def create_app(
     metrics = Metrics()
     app.extensions["notifier.settings"] = settings
     app.extensions["notifier.metrics"] = metrics
-    app.extensions["notifier.renderer"] = Renderer.from_settings(settings)
+    renderer = Renderer.from_settings(settings)
+    app.extensions["notifier.renderer"] = renderer
     store = outbox if outbox is not None else SqliteOutbox(settings.outbox.path)
     subscribers = load_subscribers(settings)
     dispatcher = Dispatcher(
@@ -78,6 +79,7 @@ def create_app(
         for subscriber in subscribers:
             await subscriber.aclose()
         await store.close()
+        renderer.close()
 
     # Order matters: authentication names the caller, the rate limit counts by it; the
     # request id comes first of all (init_tracing puts its hook in front).

@@ -27,6 +27,8 @@ __all__ = [
     "PartialDelivery",
     "PermanentFailure",
     "RateLimited",
+    "RenderBudgetExceeded",
+    "RenderCapacityExhausted",
     "SettingsError",
     "TemplateError",
     "TransientFailure",
@@ -92,6 +94,23 @@ class TemplateError(NotifierError, ValueError):
     status = 422
     slug = "template-error"
     title = "Template error"
+
+
+class RenderBudgetExceeded(TemplateError):
+    """A render ran out of time or output (``limits.render_timeout``,
+    ``limits.max_rendered_bytes``); ``budget`` says which."""
+
+    slug = "render-budget-exceeded"
+    title = "The template exceeded its render budget"
+
+
+class RenderCapacityExhausted(NotifierError):
+    """Every render thread is busy and the queue is full: try again shortly (503)."""
+
+    status = 503
+    slug = "render-capacity-exhausted"
+    title = "Too many slow renders in progress"
+    headers = {"Retry-After": "1"}  # noqa: RUF012
 
 
 class MissingVariable(TemplateError, KeyError):

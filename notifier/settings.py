@@ -127,6 +127,19 @@ class LimitsSettings(_Section):
     rate_per_minute: int = Field(600, ge=0)
     #: Requests a token may make at once above the steady rate.
     rate_burst: int = Field(60, ge=1)
+    #: Longest header value a template may produce, in UTF-8 octets (422 above). The
+    #: email package's parser works in time that grows with the square of a value's
+    #: length: this bounds what one request can cost.
+    max_header_bytes: int = Field(4096, ge=256)
+    #: Longest header block (all header lines together), in UTF-8 octets.
+    max_header_block_bytes: int = Field(16384, ge=1024)
+    #: Seconds one render may take before it is stopped and refused (422).
+    render_timeout: float = Field(2.0, gt=0)
+    #: Most characters one render (text and HTML parts together) may produce.
+    max_rendered_chars: int = Field(4 * 1024 * 1024, ge=4096)
+    #: Threads that run renders too slow for the event loop (over 20 ms); when 8 per
+    #: thread are waiting, further slow renders are answered 503 until one finishes.
+    render_threads: int = Field(2, ge=1, le=64)
 
 
 class ApiToken(_Section):

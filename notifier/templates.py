@@ -4,13 +4,9 @@ A template ``<name>`` is the file ``<name>.j2`` in the templates directory: an R
 header block, a blank line, then the plain-text body. ``<name>.html.j2`` (optional) is an
 HTML body rendered with autoescaping; ``<name>.example.json`` (optional) holds sample data.
 
-Rendering marks every interpolated value (``{{ ... }}``) in the text template with
-Unicode noncharacters: :data:`VALUE_START` and :data:`VALUE_END` around it, and line
-breaks inside it replaced by :data:`CR_MARK` / :data:`LF_MARK`. The markers let
-:mod:`notifier.compose` tell the template's own structure (header lines, the blank line,
-commas between addresses) from request data, which is how header injection and added
-recipients are refused without guessing. Noncharacters are reserved by Unicode for
-exactly this kind of internal use, so request data containing them is refused.
+Rendering happens in :class:`notifier.sandbox.TemplateSandbox`, which marks every
+printed value so that :mod:`notifier.compose` can tell request data from the template's
+own text, and holds each render to a time and output budget.
 """
 
 from __future__ import annotations
@@ -27,10 +23,19 @@ from typing import Any, NoReturn
 
 import jinja2
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from markupsafe import Markup
 
-from notifier.errors import MissingVariable, TemplateError, UnknownTemplate
+from notifier.errors import MissingVariable, RenderBudgetExceeded, TemplateError, UnknownTemplate
+from notifier.sandbox import (
+    CR_MARK,
+    LF_MARK,
+    VALUE_END,
+    VALUE_START,
+    RenderBudget,
+    SliceExhausted,
+    TemplateSandbox,
+    rendering,
+    strip_marks,
+)
 
 __all__ = [
     "CR_MARK",
@@ -38,6 +43,7 @@ __all__ = [
     "NAME_PATTERN",
     "VALUE_END",
     "VALUE_START",
+    "RenderBudget",
     "RenderedTemplate",
     "TemplateInfo",
     "TemplateStore",
@@ -46,50 +52,14 @@ __all__ = [
 
 #: Valid template names (pinned): no dots, slashes or backslashes.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-
-VALUE_START = "\ufdd0"
-VALUE_END = "\ufdd1"
-CR_MARK = "\ufdd2"
-LF_MARK = "\ufdd3"
 _NONCHARACTER = re.compile("[\ufdd0-\ufdef]")
 
 TEXT_SUFFIX = ".j2"
 HTML_SUFFIX = ".html.j2"
 EXAMPLE_SUFFIX = ".example.json"
 
-
-def strip_marks(text: str) -> str:
-    """Remove value markers and restore the line breaks they stood for."""
-    # str.replace, not str.translate with a mapping: several times faster here.
-    text = text.replace(VALUE_START, "").replace(VALUE_END, "")
-    if CR_MARK in text or LF_MARK in text:
-        text = text.replace(CR_MARK, "\r").replace(LF_MARK, "\n")
-    return text
-
-
-def _mark_value(value: Any) -> Any:
-    """Jinja ``finalize`` hook: wrap each interpolated value in markers (see module doc).
-
-    Runs once per ``{{ ... }}``: keep the common case (short ASCII text) to a few
-    cheap checks. Markup (from ``|e`` or ``|safe``) gets the same treatment as text, so
-    no filter lets a value's line breaks or markers through.
-    """
-    markup = isinstance(value, Markup)
-    text = str(value) if markup or type(value) is not str else value
-    if not text.isascii() or "\n" in text or "\r" in text:
-        if _NONCHARACTER.search(text) is not None:
-            raise TemplateError(
-                "a value contains a Unicode noncharacter (U+FDD0..U+FDEF): request data may"
-                " not, and the output of a macro, call block or {% set %} block cannot be"
-                " printed with {{ }} in notifier templates (use {% include %} to share parts)",
-                title="Invalid value in template output",
-            )
-        text = text.replace("\r", CR_MARK).replace("\n", LF_MARK)
-    if markup:
-        # Already-safe HTML must stay Markup or autoescaping would escape it twice; the
-        # markers are constant noncharacters and the text was Markup already.
-        return Markup(f"{VALUE_START}{text}{VALUE_END}")  # noqa: S704
-    return f"{VALUE_START}{text}{VALUE_END}"
+#: The budget of a render when none is configured (the ``limits`` defaults).
+DEFAULT_BUDGET = RenderBudget(seconds=2.0, max_output=4 * 1024 * 1024)
 
 
 def _mailbox(addr_spec: Any, display_name: Any = "") -> str:
@@ -106,6 +76,22 @@ def _mailbox(addr_spec: Any, display_name: Any = "") -> str:
 
 
 _PLAIN_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+class _TemplateLoader(jinja2.FileSystemLoader):
+    """Loads template files, refusing any that holds the characters value markers use."""
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        if _NONCHARACTER.search(source) is not None:
+            raise TemplateError(
+                f"{template} contains a Unicode noncharacter (U+FDD0..U+FDEF); notifier"
+                " uses them internally",
+                template=template,
+            )
+        return source, filename, uptodate
 
 
 class _MissingVariableUndefined(jinja2.StrictUndefined):
@@ -180,8 +166,10 @@ class TemplateStore:
         directory: Path,
         *,
         clock: Callable[[], datetime] | None = None,
+        budget: RenderBudget = DEFAULT_BUDGET,
     ) -> None:
         self.directory = directory
+        self.budget = budget
         self._clock = clock or (lambda: datetime.now(UTC))
         self._directory_text = os.fspath(directory)
         self._recent: dict[str, tuple[jinja2.Template, int]] = {}
@@ -189,14 +177,13 @@ class TemplateStore:
         self._html_names: set[str] = set()
         self._date_second = -1
         self._date_text = ""
-        self.environment = ImmutableSandboxedEnvironment(
-            loader=jinja2.FileSystemLoader(directory, encoding="utf-8"),
+        self.environment = TemplateSandbox(
+            loader=_TemplateLoader(directory, encoding="utf-8"),
             undefined=_MissingVariableUndefined,
             autoescape=jinja2.select_autoescape(
                 enabled_extensions=("html.j2",), default_for_string=False, default=False
             ),
             auto_reload=True,
-            finalize=_mark_value,
             keep_trailing_newline=False,
         )
         self.environment.filters["mailbox"] = _mailbox
@@ -250,26 +237,39 @@ class TemplateStore:
 
     # -- rendering -----------------------------------------------------------------
 
-    def render(self, name: str, context: Mapping[str, Any]) -> RenderedTemplate:
-        """Render ``name`` with ``context``.
+    def render(
+        self, name: str, context: Mapping[str, Any], *, slice_seconds: float | None = None
+    ) -> RenderedTemplate:
+        """Render ``name`` with ``context`` within :attr:`budget`.
 
         Raises :class:`UnknownTemplate` (404) for a name that is not a template, and
         :class:`TemplateError` / :class:`MissingVariable` (422) for a broken template or
-        a variable the context lacks. ``date`` defaults to the current time (RFC 5322).
+        a variable the context lacks, :class:`RenderBudgetExceeded` (422) when it runs
+        out of time or output. With ``slice_seconds``, a render still running after that
+        long raises :class:`SliceExhausted` instead (to be run again off the event loop).
+        ``date`` defaults to the current time (RFC 5322).
         """
         text_template = self._load(name, TEXT_SUFFIX)
         html_template = self._load(name, HTML_SUFFIX) if self._has_html(name) else None
         if "date" not in context:
             context = {**context, "date": self._current_date()}
-        text = self._run(text_template, context)
-        html = None if html_template is None else strip_marks(self._run(html_template, context))
+        with rendering(self.budget, slice_seconds=slice_seconds) as state:
+            text = state.fixed_marks(self._run(text_template, context))
+            html = None
+            if html_template is not None:
+                html = state.unmark(self._run(html_template, context))
         return RenderedTemplate(name=name, text=text, html=html)
 
     def _run(self, template: jinja2.Template, context: Mapping[str, Any]) -> str:
         try:
-            return template.render(context)
-        except (MissingVariable, TemplateError):
+            return self.environment.render_text(template, context)
+        except (MissingVariable, TemplateError, SliceExhausted):
             raise
+        except (RecursionError, MemoryError) as exc:
+            raise RenderBudgetExceeded(
+                f"{template.name}: rendering failed: {type(exc).__name__}",
+                budget="recursion" if isinstance(exc, RecursionError) else "memory",
+            ) from None
         except SecurityError as exc:
             raise TemplateError(
                 f"{template.name}: the sandbox refused an unsafe operation: {exc}",
@@ -308,6 +308,17 @@ class TemplateStore:
             ) from None
         except UnicodeDecodeError:
             raise TemplateError(f"{name}{suffix} is not valid UTF-8", template=name) from None
+        except TemplateError:
+            raise
+        except Exception as exc:
+            # Jinja evaluates constant expressions while compiling, so a template can fail
+            # to compile in ways that are not syntax errors (an int too long to print,
+            # say). That is this template's error; every other template still works.
+            raise TemplateError(
+                f"{name}{suffix} cannot be compiled: {type(exc).__name__}: {exc}"[:500],
+                title="Template cannot be compiled",
+                template=name,
+            ) from None
         if stamp is not None:
             self._recent[filename] = (template, stamp)
         return template

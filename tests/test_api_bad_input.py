@@ -190,10 +190,10 @@ async def test_invalid_address_is_422(
     await assert_problem(await client.post(BURGER, json=burger_order), 422)
 
 
-async def test_ten_thousand_character_subject_is_folded(
+async def test_a_subject_at_the_cap_is_folded(
     client: QuartClient, burger_order: dict[str, Any]
 ) -> None:
-    burger_order["subject"] = ("Burger " * 1429)[:10_000]
+    burger_order["subject"] = ("Burger " * 1429)[:4096]
     response = await client.post(BURGER, json=burger_order)
     assert response.status_code == 200
     data = await response.get_data()
@@ -202,15 +202,25 @@ async def test_ten_thousand_character_subject_is_folded(
     assert message["Subject"] == burger_order["subject"].strip()
 
 
-async def test_ten_thousand_character_word_subject_is_encoded(
+async def test_a_four_thousand_character_word_subject_is_encoded(
     client: QuartClient, burger_order: dict[str, Any]
 ) -> None:
-    burger_order["subject"] = "x" * 10_000
+    burger_order["subject"] = "x" * 4000
     response = await client.post(BURGER, json=burger_order)
     assert response.status_code == 200
     data = await response.get_data()
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
-    assert email.message_from_bytes(data, policy=policy.default)["Subject"] == "x" * 10_000
+    assert email.message_from_bytes(data, policy=policy.default)["Subject"] == "x" * 4000
+
+
+@pytest.mark.parametrize("subject", ["x" * 4097, "a " * 3000, "ä" * 2049])
+async def test_a_subject_over_the_cap_is_422_naming_it(
+    client: QuartClient, burger_order: dict[str, Any], subject: str
+) -> None:
+    burger_order["subject"] = subject
+    body = await assert_problem(await client.post(BURGER, json=burger_order), 422)
+    assert body["header"] == "Subject"
+    assert "limits.max_header_bytes" in body["detail"]
 
 
 async def test_template_syntax_error_is_422_with_line(

@@ -297,12 +297,3 @@ def test_forged_markers_cannot_add_a_recipient(render: Render) -> None:
             "From: a@example.com\nTo: {{ to|e }}\n\nx",
             {"to": "bob@example.com\ufdd1, \ufdd0eve@evil.example"},
         )
-
-
-def test_printing_a_macro_is_refused_with_a_clear_error(render: Render) -> None:
-    source = (
-        "From: a@example.com\nTo: b@example.com\n\n"
-        "{% macro greet(n) %}Hello {{ n }}{% endmacro %}{{ greet(name) }}\n"
-    )
-    with pytest.raises(TemplateError, match=r"macro, call block or \{% set %\} block"):
-        render(source, {"name": "Bob"})

@@ -92,7 +92,7 @@ async def send_message(name: str) -> Response:
             )
     direct = False
     try:
-        composed = render_timed(renderer, name, context)
+        composed = await render_timed(renderer, name, context)
         message = NewMessage(
             template=name,
             context_hash=fingerprint,

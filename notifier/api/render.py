@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -36,14 +37,39 @@ async def read_json_object() -> dict[str, Any]:
         raise BadRequestBody(f"the body is not valid JSON: {exc}") from None
     if not isinstance(context, dict):
         raise BadRequestBody(f"the body must be a JSON object, not a JSON {type(context).__name__}")
+    if isinstance(raw, bytes) and _ESCAPED_SURROGATE.search(raw) is not None:
+        _refuse_lone_surrogates(context)
     return context
 
 
-def render_timed(renderer: Renderer, name: str, context: dict[str, Any]) -> ComposedMessage:
-    """``renderer.render``, timed into the ``notifier_render_seconds`` histogram."""
+# A \uD800-\uDFFF escape: JSON text may spell a lone surrogate this way (UTF-8 cannot).
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_lone_surrogates(context: dict[str, Any]) -> None:
+    """Refuse strings holding an unpaired surrogate (``"\\ud800"``): not Unicode text,
+    they cannot be encoded as UTF-8 for the message or for storage (RFC 8259 8.2)."""
+    pending: list[Any] = [context]
+    while pending:  # a loop, not recursion: nesting depth is the client's choice
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str) and _SURROGATE.search(value) is not None:
+            raise BadRequestBody(
+                "the body holds a lone surrogate escape (\\ud800 to \\udfff without its"
+                " pair), which is not Unicode text"
+            )
+
+
+async def render_timed(renderer: Renderer, name: str, context: dict[str, Any]) -> ComposedMessage:
+    """``renderer.render_async``, timed into the ``notifier_render_seconds`` histogram."""
     metrics: Metrics = current_app.extensions["notifier.metrics"]
     started = time.perf_counter()
-    composed = renderer.render(name, context)
+    composed = await renderer.render_async(name, context)
     metrics.render_seconds.observe(time.perf_counter() - started)
     return composed
 
@@ -65,7 +91,7 @@ def _refuse_constant(name: str) -> Any:
 async def render_message(name: str) -> Response:
     renderer: Renderer = current_app.extensions["notifier.renderer"]
     context = await read_json_object()
-    composed = render_timed(renderer, name, context)
+    composed = await render_timed(renderer, name, context)
     if _wants_json():
         view = message_view(composed.data)
         view["envelope"] = {"from": composed.sender, "to": composed.recipients}
