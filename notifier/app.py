@@ -81,7 +81,7 @@ def create_app(
 
     # Order matters: authentication names the caller, the rate limit counts by it; the
     # request id comes first of all (init_tracing puts its hook in front).
-    limiter = RateLimiter(settings.limits)
+    limiter = RateLimiter(settings.limits, tokens=settings.auth.tokens)
     Authenticator(settings.auth, limiter=limiter).init_app(app)
     limiter.init_app(app)
     init_tracing(app, metrics)

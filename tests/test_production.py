@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from notifier.api.auth import FAILED_AUTHENTICATION_RATE
 from notifier.api.ratelimit import RateLimiter
 from notifier.capture.server import BackgroundCaptureServer
 from notifier.settings import LimitsSettings
@@ -105,6 +106,54 @@ async def test_rate_limit_answers_429_then_recovers(
         status = (await client.get("/v1/templates", headers=headers)).status_code
     assert status == 200
     assert (await client.get("/healthz")).status_code == 200  # never limited
+
+
+async def test_default_settings_never_throttle_one_busy_caller(
+    serving: MakeClient, settings_data: dict[str, Any]
+) -> None:
+    settings_data["limits"] = {"allowed_senders": ["*"]}  # the rate settings left unset
+    client = await serving(settings_data)
+    statuses = [(await client.get("/v1/templates")).status_code for _ in range(200)]
+    assert set(statuses) == {200}
+
+
+async def test_a_token_with_its_own_rate_is_limited_while_another_token_is_not(
+    serving: MakeClient, delivery_settings: dict[str, Any]
+) -> None:
+    send, admin = TOKENS
+    delivery_settings["auth"] = {"tokens": [send, {**admin, "rate_per_minute": 6, "rate_burst": 2}]}
+    delivery_settings["limits"] = {"allowed_senders": ["*"]}  # global limit off, the default
+    client = await serving(delivery_settings)
+    responses = [await client.get("/v1/templates", headers=bearer(ADMIN_TOKEN)) for _ in range(3)]
+    assert [response.status_code for response in responses] == [200, 200, 429]
+    limited = responses[-1]
+    assert limited.mimetype == "application/problem+json"
+    assert (await limited.get_json())["type"] == "urn:notifier:problem:rate-limited"
+    assert int(limited.headers["Retry-After"]) >= 1
+    others = [
+        (await client.get("/v1/messages/x", headers=bearer(SEND_TOKEN))).status_code
+        for _ in range(200)
+    ]
+    assert set(others) == {404}
+
+
+async def test_a_token_rate_of_zero_exempts_it_from_the_global_limit(
+    serving: MakeClient, delivery_settings: dict[str, Any]
+) -> None:
+    send, admin = TOKENS
+    delivery_settings["auth"] = {"tokens": [send, {**admin, "rate_per_minute": 0}]}
+    delivery_settings["limits"] = {"rate_per_minute": 6, "rate_burst": 2, "allowed_senders": ["*"]}
+    client = await serving(delivery_settings)
+    admin_statuses = [
+        (await client.get("/v1/templates", headers=bearer(ADMIN_TOKEN))).status_code
+        for _ in range(20)
+    ]
+    assert set(admin_statuses) == {200}
+    send_statuses = [
+        (await client.get("/v1/messages/x", headers=bearer(SEND_TOKEN))).status_code
+        for _ in range(3)
+    ]
+    assert send_statuses == [404, 404, 429]
 
 
 def test_token_bucket_refills_at_the_configured_rate() -> None:
@@ -362,6 +411,22 @@ async def test_failed_authentications_are_rate_limited(
         for n in range(3)
     ]
     assert guesses == [401, 401, 429]
+
+
+async def test_failed_authentications_are_limited_while_rate_limits_are_off(
+    serving: MakeClient, delivery_settings: dict[str, Any]
+) -> None:
+    delivery_settings["auth"] = {"tokens": TOKENS}
+    delivery_settings["limits"] = {"allowed_senders": ["*"]}  # global limit off, the default
+    client = await serving(delivery_settings)
+    burst = FAILED_AUTHENTICATION_RATE.burst
+    guesses = [
+        (await client.get("/v1/templates", headers=bearer(f"guess-{n:020d}"))).status_code
+        for n in range(burst + 1)
+    ]
+    assert guesses == [401] * burst + [429]
+    # A valid token is not slowed by someone else's failures from the same address.
+    assert (await client.get("/v1/templates", headers=bearer(ADMIN_TOKEN))).status_code == 200
 
 
 def test_ipv6_callers_share_a_bucket_per_64() -> None:

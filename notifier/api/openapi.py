@@ -289,8 +289,9 @@ PROBLEM_RESPONSES: dict[str, tuple[str, JSONObject]] = {
     "429": (
         "TooManyRequests",
         _problem(
-            "The caller's rate limit is spent (counted per token, or per client address "
-            "when no tokens are configured).",
+            "The caller's rate limit is spent: the token's own, or the global one "
+            "(counted per token, or per client address for callers without a token). "
+            "Both are off unless configured.",
             {
                 "Retry-After": {
                     "required": True,
