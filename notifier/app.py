@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from quart import Quart
@@ -21,6 +22,7 @@ from notifier.outbox import Outbox, SqliteOutbox
 from notifier.renderer import Renderer
 from notifier.settings import Settings, load_settings
 from notifier.subscribers import load_subscribers
+from notifier.subscribers.smtp import relay_address
 
 __all__ = ["create_app", "create_served_app"]
 
@@ -49,7 +51,9 @@ def create_app(
     app.extensions["notifier.metrics"] = metrics
     app.extensions["notifier.renderer"] = Renderer.from_settings(settings)
     store = outbox if outbox is not None else SqliteOutbox(settings.outbox.path)
-    subscribers = load_subscribers(settings)
+    subscribers = load_subscribers(
+        settings, on_relay_state=partial(metrics.relay_state, relay_address(settings.smtp))
+    )
     dispatcher = Dispatcher(
         app,
         store,

@@ -97,6 +97,11 @@ def _object(properties: JSONObject, *, optional: tuple[str, ...] = (), **extra: 
     }
 
 
+_RELAY_NOTE: JSONObject = {
+    **_STRING,
+    "description": "Present when the relay is down: what that means for senders.",
+}
+
 _ENVELOPE = _object(
     {"from": _STRING, "to": {"type": "array", "items": _STRING}},
     description="The SMTP envelope: sender and every recipient (To, Cc and Bcc).",
@@ -187,18 +192,40 @@ SCHEMAS: JSONObject = {
     ),
     "Health": _object({"status": {"const": "ok"}}),
     "Readiness": _object(
-        {"status": {"const": "ready"}, "checks": _schema("Checks")},
+        {
+            "status": {"const": "ready"},
+            "checks": _schema("Checks"),
+            "relay": _schema("RelayState"),
+            "note": _RELAY_NOTE,
+        },
+        optional=("relay", "note"),
     ),
     "Checks": {
         "type": "object",
         "description": "Each check (`templates`, `outbox`, `dispatcher`, and `smtp` "
-        "when smtp is a subscriber): `ok`, or why it failed.",
+        "when smtp is a subscriber): `ok`, or why it failed. Only `templates`, `outbox` "
+        "and `dispatcher` decide readiness; `smtp` is reported, see `relay`.",
         "additionalProperties": _STRING,
+    },
+    "RelayState": {
+        "enum": ["up", "down"],
+        "description": "Whether the SMTP relay accepts a connection and greets with 220 "
+        "(present when smtp is a subscriber). A relay that is down does not make the "
+        "service unready: messages are accepted and delivered when it is back. Also "
+        "exported as the metric `notifier_relay_up`.",
     },
     "NotReady": {
         "allOf": [
             _schema("Problem"),
-            {"type": "object", "properties": {"checks": _schema("Checks")}, "required": ["checks"]},
+            {
+                "type": "object",
+                "properties": {
+                    "checks": _schema("Checks"),
+                    "relay": _schema("RelayState"),
+                    "note": _RELAY_NOTE,
+                },
+                "required": ["checks"],
+            },
         ]
     },
 }
@@ -504,10 +531,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("/readyz", "GET"): Operation(
         operation_id="readyz",
-        summary="Readiness: templates load, the outbox is writable, the relay is reachable",
+        summary="Readiness: templates load, the outbox is writable, the delivery loop runs "
+        "(the relay's state is reported, not required)",
         tag="operations",
         responses={
-            "200": {"description": "Ready.", "content": _json(_schema("Readiness"))},
+            "200": {
+                "description": "Ready; `relay` says whether the SMTP relay answers.",
+                "content": _json(_schema("Readiness")),
+            },
             "503": {
                 "description": "Not ready: a problem whose `checks` says which check "
                 "failed and why.",
