@@ -325,3 +325,14 @@ def test_other_origins_are_not_allowed_to_change_state(
     )
 
     assert not any(name.lower().startswith("access-control-") for name in preflight.headers)
+
+
+def test_doubled_slashes_are_a_404_problem_not_a_redirect_to_the_host_header(
+    capture_http: httpx.Client,
+):
+    response = capture_http.get("/api//messages", headers={"Host": "evil.example"})
+
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["status"] == 404

@@ -53,8 +53,8 @@ API_PREFIX = "/v1/"
 #: Methods the framework answers on every route by itself (HEAD mirrors GET, OPTIONS
 #: lists the methods); describing them on each path would only add noise.
 AUTOMATIC_METHODS = frozenset({"HEAD", "OPTIONS"})
-#: Quart adds a ``/static/<path:filename>`` route to every app; notifier ships no static
-#: folder, so it only ever answers 404 and is not part of the API.
+#: Endpoints left out of the document: Quart's ``/static/<path:filename>`` route, should an
+#: app ever get one (notifier's app is built without a static folder).
 UNDOCUMENTED_ENDPOINTS = frozenset({"static"})
 
 _TEMPLATE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"

@@ -106,7 +106,12 @@ def _int_argument(name: str, default: int | None) -> int | None:
 
 def create_capture_app(store: MessageStore, faults: FaultRules) -> Quart:
     """Build the capture server's Quart app around a store and its fault rules."""
-    app = Quart(__name__)
+    app = Quart(__name__, static_folder=None)
+    # No routing redirects: Werkzeug builds their Location from the Host header (see
+    # notifier.app); an odd path is a 404 problem instead.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    app.url_map.redirect_defaults = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
 
     @app.errorhandler(NotifierError)
