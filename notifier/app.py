@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from quart import Quart
@@ -15,14 +16,14 @@ from notifier.api.ratelimit import RateLimiter
 from notifier.api.tracing import init_tracing
 from notifier.dispatch import Dispatcher
 from notifier.errors import OutboxUnavailable
-from notifier.logs import configure_logging
 from notifier.metrics import Metrics
 from notifier.outbox import Outbox, SqliteOutbox
 from notifier.renderer import Renderer
 from notifier.settings import Settings, load_settings
 from notifier.subscribers import load_subscribers
+from notifier.subscribers.smtp import relay_address
 
-__all__ = ["create_app", "create_served_app"]
+__all__ = ["create_app"]
 
 logger = logging.getLogger("notifier")
 
@@ -42,7 +43,16 @@ def create_app(
     elif not isinstance(settings, Settings):
         settings = Settings.from_mapping(settings)
 
-    app = Quart(__name__)
+    # No static folder: notifier serves none, and its route would be the one added
+    # before the URL map below is set up.
+    app = Quart(__name__, static_folder=None)
+    # Werkzeug's routing redirects (// merged to /, a missing trailing slash added,
+    # defaults spelled out) build an absolute Location from the request's Host header,
+    # so anyone could make notifier point a client at their own host. Without them an
+    # odd path is simply unknown (404), or matches with or without its trailing slash.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    app.url_map.redirect_defaults = False
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
     metrics = Metrics()
     app.extensions["notifier.settings"] = settings
@@ -50,7 +60,9 @@ def create_app(
     renderer = Renderer.from_settings(settings)
     app.extensions["notifier.renderer"] = renderer
     store = outbox if outbox is not None else SqliteOutbox(settings.outbox.path)
-    subscribers = load_subscribers(settings)
+    subscribers = load_subscribers(
+        settings, on_relay_state=partial(metrics.relay_state, relay_address(settings.smtp))
+    )
     dispatcher = Dispatcher(
         app,
         store,
@@ -83,18 +95,10 @@ def create_app(
 
     # Order matters: authentication names the caller, the rate limit counts by it; the
     # request id comes first of all (init_tracing puts its hook in front).
-    limiter = RateLimiter(settings.limits)
+    limiter = RateLimiter(settings.limits, tokens=settings.auth.tokens)
     Authenticator(settings.auth, limiter=limiter).init_app(app)
     limiter.init_app(app)
     init_tracing(app, metrics)
     register_error_handlers(app)
     register_blueprints(app)
     return app
-
-
-def create_served_app() -> Quart:
-    """The app ``notifier serve`` runs (in each worker): settings from the environment
-    and notifier's log format on stderr."""
-    settings = load_settings()
-    configure_logging(settings.log)
-    return create_app(settings)

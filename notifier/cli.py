@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -79,8 +78,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hypercorn.config import Config
     from hypercorn.run import run
+
+    from notifier.server import build_config
 
     # Validate now so a bad setting or subscriber is one line here, not a traceback in
     # each worker.
@@ -88,24 +88,12 @@ def _serve(args: argparse.Namespace) -> int:
     load_subscribers(settings)
     configure_logging(settings.log)
     if args.settings is not None:
-        # Workers build the app themselves (hypercorn imports the factory path below).
+        # Workers build the app themselves (notifier.server.create_served_app).
         os.environ[SETTINGS_ENV] = str(args.settings.resolve())
     if args.workers < 1:
         print("notifier serve: --workers must be at least 1", file=sys.stderr)
         return 2
-    config = Config()
-    config.application_path = "notifier.app:create_served_app()"
-    config.bind = [f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"]
-    # One worker runs in this process, so signals and exit codes are the service's own.
-    config.workers = 0 if args.workers == 1 else args.workers
-    config.accesslog = None  # notifier logs each request itself (notifier.http)
-    # A Logger, not "-": hypercorn then adds no handler of its own, and its lines go
-    # through notifier's format like every other.
-    config.errorlog = logging.getLogger("hypercorn.error")
-    # On SIGTERM hypercorn stops accepting, lets open requests finish for this long, then
-    # the app's shutdown gives in-flight deliveries delivery.shutdown_grace seconds.
-    config.graceful_timeout = 5.0
-    return run(config)
+    return run(build_config(host=args.host, port=args.port, workers=args.workers))
 
 
 def _render(args: argparse.Namespace) -> int:

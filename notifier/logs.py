@@ -8,6 +8,7 @@ here logs request bodies, headers, tokens or passwords, and callers must not put
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
@@ -19,6 +20,12 @@ from notifier.settings import LogSettings
 __all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "fields"]
 
 _HANDLER_NAME = "notifier"
+
+#: Line ends that ``json.dumps(ensure_ascii=False)`` writes as they are (it escapes only
+#: the C0 controls): ``str.splitlines`` and many log shippers end a line at them, so one
+#: record would arrive as several lines, the later ones forged by whoever chose the text.
+#: They can only occur inside JSON strings, where the ``\u`` escape means the same text.
+_JSON_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 def fields(**values: Any) -> dict[str, Any]:
@@ -37,7 +44,7 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return json.dumps(line, default=str, ensure_ascii=False).translate(_JSON_LINE_BREAKS)
 
 
 class TextFormatter(logging.Formatter):
@@ -45,7 +52,11 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        # The message may hold text from a request (a path, a header) just like the
+        # fields; a traceback, added below it, stays the one multi-line part.
+        one_line = copy.copy(record)
+        one_line.msg, one_line.args = _one_line(record.getMessage()), None
+        text = super().format(one_line)
         extra = getattr(record, "fields", {})
         if extra:
             text += " " + " ".join(f"{key}={_one_line(value)}" for key, value in extra.items())
@@ -54,6 +65,8 @@ class TextFormatter(logging.Formatter):
 
 def _one_line(value: Any) -> str:
     # A value with a line break (a URL path with %0A, say) must not start a forged line.
+    # isprintable() is False for every line end str.splitlines() knows (CR, LF, VT, FF,
+    # FS, GS, RS, NEL, U+2028, U+2029), and for other controls a terminal would act on.
     text = str(value)
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 

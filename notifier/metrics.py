@@ -65,6 +65,19 @@ class Metrics:
             "Age of the oldest message with a delivery still queued or being sent",
             registry=r,
         )
+        # Labelled by the relay's address so that it is absent until the first check or
+        # connection says something: a 0 before anyone looked would be a false alarm.
+        self.relay_up = Gauge(
+            "notifier_relay_up",
+            "1 when the SMTP relay last accepted a connection and greeted (readiness check"
+            " or delivery), 0 when it did not",
+            ["relay"],
+            registry=r,
+        )
+
+    def relay_state(self, relay: str, up: bool) -> None:
+        """Record whether the relay at ``relay`` (``host:port``) just answered."""
+        self.relay_up.labels(relay=relay).set(1 if up else 0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -123,9 +123,10 @@ class LimitsSettings(_Section):
     #: that a service left on its defaults is not an open relay.
     allowed_senders: list[str] = Field(default_factory=list)
     #: Requests per minute per API token (per client address when no tokens are set);
-    #: 0 turns the limit off.
-    rate_per_minute: int = Field(600, ge=0)
-    #: Requests a token may make at once above the steady rate.
+    #: 0 (the default) turns this global limit off, so one busy caller is never slowed
+    #: unless the operator asks for it. A token may carry its own rate (ApiToken).
+    rate_per_minute: int = Field(0, ge=0)
+    #: Requests a caller may make at once above the steady rate.
     rate_burst: int = Field(60, ge=1)
     #: Longest header value a template may produce, in UTF-8 octets (422 above). The
     #: email package's parser works in time that grows with the square of a value's
@@ -148,6 +149,11 @@ class ApiToken(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     token: SecretStr
     scopes: list[Literal["send", "admin"]] = Field(min_length=1)
+    #: This token's own requests per minute, applied even when ``limits.rate_per_minute``
+    #: is 0; 0 exempts it from the global limit; None (unset) follows the global limit.
+    rate_per_minute: int | None = Field(None, ge=0)
+    #: This token's burst; None (unset) follows ``limits.rate_burst``.
+    rate_burst: int | None = Field(None, ge=1)
 
     @field_validator("token")
     @classmethod

@@ -59,7 +59,7 @@ def settings_data(tmp_path: Path, templates_dir: Path) -> dict[str, Any]:
         "templates": {"dir": str(templates_dir)},
         "outbox": {"path": str(tmp_path / "var" / "outbox.sqlite3")},
         "message_id_domain": "notifier.test",
-        "limits": {"max_body_bytes": 64 * 1024, "allowed_senders": ["*"], "rate_per_minute": 0},
+        "limits": {"max_body_bytes": 64 * 1024, "allowed_senders": ["*"]},
     }
 
 

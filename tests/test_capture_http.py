@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import threading
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -247,3 +248,91 @@ def test_http_long_poll_returns_when_mail_arrives_over_smtp(tmp_path: Path):
             raw = http.get(f"/api/messages/{summary['id']}/raw")
             assert raw.content == burger_receipt()
             assert raw.headers["content-type"] == "message/rfc822"
+
+
+@pytest.fixture
+def capture_http(tmp_path: Path) -> Iterator[httpx.Client]:
+    """A client of a real capture server's HTTP API on a free loopback port."""
+    with BackgroundCaptureServer(tmp_path / "served", http_port=0) as server:
+        assert server.http_url is not None
+        with httpx.Client(base_url=server.http_url, timeout=10) as client:
+            yield client
+
+
+FAULT_AS_TEXT = b'{"pattern": "*", "action": "fail-550"}'
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        # What an HTML form on any site can send without asking this server first.
+        pytest.param("text/plain", FAULT_AS_TEXT, id="text"),
+        pytest.param("text/plain;charset=UTF-8", FAULT_AS_TEXT, id="text-charset"),
+        pytest.param("application/x-www-form-urlencoded", b"pattern=*&action=fail-550", id="form"),
+        pytest.param(
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="pattern"\r\n\r\n*\r\n--b--\r\n',
+            id="multipart",
+        ),
+        pytest.param(None, FAULT_AS_TEXT, id="none"),
+    ],
+)
+def test_fault_rules_other_than_json_are_refused_415(
+    capture_http: httpx.Client, content_type: str | None, body: bytes
+):
+    headers = {"Origin": "https://elsewhere.example"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+
+    response = capture_http.post("/api/faults", content=body, headers=headers)
+
+    assert response.status_code == 415
+    assert response.headers["content-type"] == PROBLEM
+    problem = response.json()
+    assert problem["status"] == 415
+    assert problem["type"] == "urn:notifier:problem:unsupported-media-type"
+    assert {"type", "title", "status", "detail"} <= problem.keys()
+    assert capture_http.get("/api/faults").json() == {"faults": []}
+
+
+def test_fault_rules_in_json_with_a_charset_are_added(capture_http: httpx.Client):
+    response = capture_http.post(
+        "/api/faults",
+        content=FAULT_AS_TEXT,
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+
+    assert response.status_code == 201
+    assert [rule["action"] for rule in capture_http.get("/api/faults").json()["faults"]] == [
+        "fail-550"
+    ]
+
+
+@pytest.mark.parametrize("path", ["/api/messages", "/api/faults", "/api/faults/1"])
+@pytest.mark.parametrize("method", ["DELETE", "POST"])
+def test_other_origins_are_not_allowed_to_change_state(
+    capture_http: httpx.Client, path: str, method: str
+):
+    # A browser sends a cross-site DELETE, or a POST with a JSON body, only after this
+    # preflight approves it; no Access-Control-Allow-Origin means it never does.
+    preflight = capture_http.options(
+        path,
+        headers={
+            "Origin": "https://elsewhere.example",
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+
+    assert not any(name.lower().startswith("access-control-") for name in preflight.headers)
+
+
+def test_doubled_slashes_are_a_404_problem_not_a_redirect_to_the_host_header(
+    capture_http: httpx.Client,
+):
+    response = capture_http.get("/api//messages", headers={"Host": "evil.example"})
+
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["status"] == 404

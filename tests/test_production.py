@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from notifier.api.auth import FAILED_AUTHENTICATION_RATE
 from notifier.api.ratelimit import RateLimiter
 from notifier.capture.server import BackgroundCaptureServer
 from notifier.settings import LimitsSettings
@@ -107,6 +108,54 @@ async def test_rate_limit_answers_429_then_recovers(
     assert (await client.get("/healthz")).status_code == 200  # never limited
 
 
+async def test_default_settings_never_throttle_one_busy_caller(
+    serving: MakeClient, settings_data: dict[str, Any]
+) -> None:
+    settings_data["limits"] = {"allowed_senders": ["*"]}  # the rate settings left unset
+    client = await serving(settings_data)
+    statuses = [(await client.get("/v1/templates")).status_code for _ in range(200)]
+    assert set(statuses) == {200}
+
+
+async def test_a_token_with_its_own_rate_is_limited_while_another_token_is_not(
+    serving: MakeClient, delivery_settings: dict[str, Any]
+) -> None:
+    send, admin = TOKENS
+    delivery_settings["auth"] = {"tokens": [send, {**admin, "rate_per_minute": 6, "rate_burst": 2}]}
+    delivery_settings["limits"] = {"allowed_senders": ["*"]}  # global limit off, the default
+    client = await serving(delivery_settings)
+    responses = [await client.get("/v1/templates", headers=bearer(ADMIN_TOKEN)) for _ in range(3)]
+    assert [response.status_code for response in responses] == [200, 200, 429]
+    limited = responses[-1]
+    assert limited.mimetype == "application/problem+json"
+    assert (await limited.get_json())["type"] == "urn:notifier:problem:rate-limited"
+    assert int(limited.headers["Retry-After"]) >= 1
+    others = [
+        (await client.get("/v1/messages/x", headers=bearer(SEND_TOKEN))).status_code
+        for _ in range(200)
+    ]
+    assert set(others) == {404}
+
+
+async def test_a_token_rate_of_zero_exempts_it_from_the_global_limit(
+    serving: MakeClient, delivery_settings: dict[str, Any]
+) -> None:
+    send, admin = TOKENS
+    delivery_settings["auth"] = {"tokens": [send, {**admin, "rate_per_minute": 0}]}
+    delivery_settings["limits"] = {"rate_per_minute": 6, "rate_burst": 2, "allowed_senders": ["*"]}
+    client = await serving(delivery_settings)
+    admin_statuses = [
+        (await client.get("/v1/templates", headers=bearer(ADMIN_TOKEN))).status_code
+        for _ in range(20)
+    ]
+    assert set(admin_statuses) == {200}
+    send_statuses = [
+        (await client.get("/v1/messages/x", headers=bearer(SEND_TOKEN))).status_code
+        for _ in range(3)
+    ]
+    assert send_statuses == [404, 404, 429]
+
+
 def test_token_bucket_refills_at_the_configured_rate() -> None:
     now = [100.0]
     limiter = RateLimiter(LimitsSettings(rate_per_minute=60, rate_burst=2), clock=lambda: now[0])
@@ -173,16 +222,69 @@ async def test_recipient_limit(
     assert "limits.max_recipients" in (await four.get_json())["detail"]
 
 
-async def test_readyz_follows_the_relay_and_the_outbox(
-    serving: MakeClient, settings_data: dict[str, Any], tmp_path: Path
-) -> None:
-    relay = BackgroundCaptureServer(tmp_path / "relay")
+def closed_port(tmp_path: Path) -> int:
+    """A loopback port nothing listens on (a relay that is down)."""
+    relay = BackgroundCaptureServer(tmp_path / "gone")
     relay.start()
     port = relay.port
     relay.stop()
+    return port
+
+
+def relay_up_sample(text: str, port: int) -> str | None:
+    """The value of ``notifier_relay_up`` for the loopback relay on ``port``, if exported."""
+    found = re.search(rf'^notifier_relay_up\{{relay="127\.0\.0\.1:{port}"\}} (\S+)$', text, re.M)
+    return None if found is None else found.group(1)
+
+
+async def test_readyz_stays_200_while_the_relay_is_down_and_reports_it(
+    serving: MakeClient, settings_data: dict[str, Any], tmp_path: Path
+) -> None:
+    port = closed_port(tmp_path)
+    settings_data["smtp"] = {"host": "127.0.0.1", "port": port}
+    client = await serving(settings_data)
+    assert (
+        relay_up_sample(await (await client.get("/metrics")).get_data(as_text=True), port) is None
+    )
+
+    down = await client.get("/readyz")
+    assert down.status_code == 200, await down.get_data(as_text=True)
+    assert down.mimetype == "application/json"
+    body = await down.get_json()
+    assert body["status"] == "ready"
+    assert body["relay"] == "down"
+    assert "unreachable" in body["checks"]["smtp"]
+    assert {name: body["checks"][name] for name in ("templates", "outbox", "dispatcher")} == {
+        "templates": "ok",
+        "outbox": "ok",
+        "dispatcher": "ok",
+    }
+    assert "delivered when" in body["note"]
+    scrape = await (await client.get("/metrics")).get_data(as_text=True)
+    assert relay_up_sample(scrape, port) == "0.0"
+
+    relay = BackgroundCaptureServer(tmp_path / "relay", port=port)
+    relay.start()
+    try:
+        up = await client.get("/readyz")
+        assert up.status_code == 200
+        assert (await up.get_json()) == {
+            "status": "ready",
+            "checks": {"templates": "ok", "outbox": "ok", "dispatcher": "ok", "smtp": "ok"},
+            "relay": "up",
+        }
+        scrape = await (await client.get("/metrics")).get_data(as_text=True)
+        assert relay_up_sample(scrape, port) == "1.0"
+    finally:
+        relay.stop()
+
+
+async def test_readyz_is_a_503_problem_when_the_outbox_is_not_usable(
+    serving: MakeClient, settings_data: dict[str, Any], tmp_path: Path
+) -> None:
     blocker = tmp_path / "outbox-dir"
     blocker.write_text("a file where the outbox folder should be")
-    settings_data["smtp"] = {"host": "127.0.0.1", "port": port}
+    settings_data["smtp"] = {"host": "127.0.0.1", "port": closed_port(tmp_path)}
     settings_data["outbox"] = {"path": str(blocker / "outbox.sqlite3")}
     client = await serving(settings_data)
 
@@ -192,25 +294,60 @@ async def test_readyz_follows_the_relay_and_the_outbox(
     problem = await down.get_json()
     assert problem["status"] == 503
     assert problem["type"] == "urn:notifier:problem:not-ready"
+    assert problem["detail"] == "not ready: outbox failed"  # the relay is not a reason
     checks = problem["checks"]
     assert checks["templates"] == "ok"
-    assert "unreachable" in checks["smtp"]
     assert checks["outbox"] != "ok"
+    assert "unreachable" in checks["smtp"]
+    assert problem["relay"] == "down"
 
     blocker.unlink()
-    relay = BackgroundCaptureServer(tmp_path / "relay", port=port)
-    relay.start()
-    try:
-        up = await client.get("/readyz")
-        assert up.status_code == 200, await up.get_data(as_text=True)
-        assert (await up.get_json()) == {
-            "status": "ready",
-            "checks": {"templates": "ok", "outbox": "ok", "dispatcher": "ok", "smtp": "ok"},
-        }
-    finally:
-        relay.stop()
     again = await client.get("/readyz")
-    assert again.status_code == 503
+    assert again.status_code == 200
+    assert (await again.get_json())["relay"] == "down"
+
+
+async def test_readyz_has_no_relay_without_the_smtp_subscriber(
+    serving: MakeClient, settings_data: dict[str, Any]
+) -> None:
+    settings_data["subscribers"] = ["log"]
+    client = await serving(settings_data)
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert (await ready.get_json()) == {
+        "status": "ready",
+        "checks": {"templates": "ok", "outbox": "ok", "dispatcher": "ok"},
+    }
+    assert "notifier_relay_up{" not in await (await client.get("/metrics")).get_data(as_text=True)
+
+
+async def test_deliveries_report_the_relay_state_in_metrics(
+    serving: MakeClient,
+    delivery_settings: dict[str, Any],
+    burger_order: dict[str, Any],
+    smtp_capture: Any,
+    tmp_path: Path,
+) -> None:
+    delivery_settings["subscribers"] = ["smtp"]
+    client = await serving(delivery_settings)
+    response = await client.post("/v1/send/burger_receipt", json=burger_order)
+    assert (await wait_for_status(client, response.headers["Location"], finished))[
+        "status"
+    ] == "delivered"
+    scrape = await (await client.get("/metrics")).get_data(as_text=True)
+    assert relay_up_sample(scrape, smtp_capture.port) == "1.0"
+
+    port = closed_port(tmp_path)
+    delivery_settings["smtp"] = {**delivery_settings["smtp"], "port": port}
+    broken = await serving(delivery_settings)
+    response = await broken.post("/v1/send/burger_receipt", json=burger_order)
+    await wait_for_status(
+        broken,
+        response.headers["Location"],
+        lambda body: body["subscribers"]["smtp"]["attempts"] >= 1,
+    )
+    scrape = await (await broken.get("/metrics")).get_data(as_text=True)
+    assert relay_up_sample(scrape, port) == "0.0"
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -362,6 +499,22 @@ async def test_failed_authentications_are_rate_limited(
         for n in range(3)
     ]
     assert guesses == [401, 401, 429]
+
+
+async def test_failed_authentications_are_limited_while_rate_limits_are_off(
+    serving: MakeClient, delivery_settings: dict[str, Any]
+) -> None:
+    delivery_settings["auth"] = {"tokens": TOKENS}
+    delivery_settings["limits"] = {"allowed_senders": ["*"]}  # global limit off, the default
+    client = await serving(delivery_settings)
+    burst = FAILED_AUTHENTICATION_RATE.burst
+    guesses = [
+        (await client.get("/v1/templates", headers=bearer(f"guess-{n:020d}"))).status_code
+        for n in range(burst + 1)
+    ]
+    assert guesses == [401] * burst + [429]
+    # A valid token is not slowed by someone else's failures from the same address.
+    assert (await client.get("/v1/templates", headers=bearer(ADMIN_TOKEN))).status_code == 200
 
 
 def test_ipv6_callers_share_a_bucket_per_64() -> None:

@@ -29,11 +29,13 @@ def test_embedded_defaults_match_the_pinned_keys(tmp_path: Path) -> None:
     assert settings.subscribers == ["smtp", "log"]
     assert settings.message_id_domain == "localhost"
     assert settings.limits.max_body_bytes == 1024 * 1024
+    assert settings.limits.rate_per_minute == 0  # rate limits are opt-in
 
 
 def test_project_settings_file_loads() -> None:
     settings = load_settings(ROOT / "settings.yml", environ={})
     assert settings.templates.dir == ROOT / "templates"
+    assert settings.limits.rate_per_minute == 0  # `make run` does not throttle either
 
 
 def test_relative_paths_resolve_against_the_settings_file(tmp_path: Path) -> None:

@@ -16,11 +16,11 @@ from typing import NoReturn
 
 from quart import Quart, g, request
 
-from notifier.api.ratelimit import RateLimiter, client_network
+from notifier.api.ratelimit import Rate, RateLimiter, client_network
 from notifier.errors import Forbidden, Unauthorized
 from notifier.settings import AuthSettings
 
-__all__ = ["SEND_ENDPOINTS", "Authenticator"]
+__all__ = ["FAILED_AUTHENTICATION_RATE", "SEND_ENDPOINTS", "Authenticator"]
 
 logger = logging.getLogger("notifier.auth")
 
@@ -28,6 +28,11 @@ logger = logging.getLogger("notifier.auth")
 SEND_ENDPOINTS = frozenset(
     {"render.render_message", "messages.send_message", "messages.get_message"}
 )
+
+#: Failed authentications allowed per client address while the global rate limit is off
+#: (the default): guessing tokens still runs into 429, and a caller with a valid token
+#: never meets this limit.
+FAILED_AUTHENTICATION_RATE = Rate(per_minute=60, burst=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +104,13 @@ class Authenticator:
 
     def _refuse(self, detail: str) -> NoReturn:
         if self._limiter is not None:
-            # Guessing tokens costs from the caller's address bucket like any request.
+            # Guessing tokens costs from a bucket per address: the global rate when one
+            # is set, else a fixed one, so turning limits off does not invite guessing.
+            rate = self._limiter.default_rate
             self._limiter.refuse_if_limited(
                 f"failed authentication {client_network()}",
                 "too many failed authentications; try again later",
+                rate=rate if rate.limited else FAILED_AUTHENTICATION_RATE,
             )
         raise Unauthorized(detail)
 

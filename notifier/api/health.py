@@ -1,5 +1,11 @@
 """Health: ``/healthz`` (the process serves), ``/readyz`` (it can do its job) and
-``/metrics`` (Prometheus). None of them needs a token."""
+``/metrics`` (Prometheus). None of them needs a token.
+
+Readiness follows the templates, the outbox and the delivery loop. The relay is checked
+and reported (``relay``, ``checks.smtp``, ``notifier_relay_up``) but never makes the
+service unready: while it is down, messages are still accepted, stored and delivered once
+it is back, so taking instances out of rotation would only turn a delay into refusals.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from notifier.outbox import Outbox
 from notifier.problems import problem_response
 from notifier.renderer import Renderer
 from notifier.settings import Settings
+from notifier.subscribers.smtp import relay_address
 
 __all__ = ["health"]
 
@@ -26,6 +33,11 @@ health = Blueprint("health", __name__)
 
 #: Seconds a readiness check may take for the relay.
 RELAY_CHECK_TIMEOUT = 2.0
+
+RELAY_DOWN_NOTE = (
+    "the SMTP relay is not answering: messages are still accepted and stored, and are"
+    " delivered when it is back"
+)
 
 
 @health.get("/healthz")
@@ -44,9 +56,14 @@ async def readyz() -> Response:
         "outbox": await _check_outbox(outbox),
         "dispatcher": "ok" if dispatcher.running else "the delivery loop is not running",
     }
+    failing = [name for name, result in checks.items() if result != "ok"]
+    relay: dict[str, Any] = {}  # the relay's state, when there is one to deliver to
     if "smtp" in settings.subscribers:
         checks["smtp"] = await _check_relay(settings)
-    failing = [name for name, result in checks.items() if result != "ok"]
+        up = checks["smtp"] == "ok"
+        registry: Metrics = current_app.extensions["notifier.metrics"]
+        registry.relay_state(relay_address(settings.smtp), up)
+        relay = {"relay": "up"} if up else {"relay": "down", "note": RELAY_DOWN_NOTE}
     if failing:
         # Like every 5xx, an RFC 9457 problem; ``checks`` says what failed and why.
         return problem_response(
@@ -55,8 +72,9 @@ async def readyz() -> Response:
             title="Not ready",
             type_=PROBLEM_TYPE_BASE + "not-ready",
             checks=checks,
+            **relay,
         )
-    body = {"status": "ready", "checks": checks}
+    body = {"status": "ready", "checks": checks, **relay}
     return Response(json.dumps(body), content_type="application/json")
 
 
@@ -95,7 +113,7 @@ async def _check_outbox(outbox: Outbox) -> str:
 
 
 async def _check_relay(settings: Settings) -> str:
-    host, port = settings.smtp.host, settings.smtp.port
+    host, port, relay = settings.smtp.host, settings.smtp.port, relay_address(settings.smtp)
     try:
         async with asyncio.timeout(RELAY_CHECK_TIMEOUT):
             reader, writer = await asyncio.open_connection(host, port)
@@ -107,7 +125,7 @@ async def _check_relay(settings: Settings) -> str:
                 writer.close()
                 await writer.wait_closed()
     except (OSError, TimeoutError) as exc:
-        return f"relay {host}:{port} unreachable: {exc.strerror or type(exc).__name__}"
+        return f"relay {relay} unreachable: {exc.strerror or type(exc).__name__}"
     if not greeting.startswith(b"220"):
-        return f"relay {host}:{port} answered {greeting[:60]!r} instead of 220"
+        return f"relay {relay} answered {greeting[:60]!r} instead of 220"
     return "ok"

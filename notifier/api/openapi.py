@@ -53,8 +53,8 @@ API_PREFIX = "/v1/"
 #: Methods the framework answers on every route by itself (HEAD mirrors GET, OPTIONS
 #: lists the methods); describing them on each path would only add noise.
 AUTOMATIC_METHODS = frozenset({"HEAD", "OPTIONS"})
-#: Quart adds a ``/static/<path:filename>`` route to every app; notifier ships no static
-#: folder, so it only ever answers 404 and is not part of the API.
+#: Endpoints left out of the document: Quart's ``/static/<path:filename>`` route, should an
+#: app ever get one (notifier's app is built without a static folder).
 UNDOCUMENTED_ENDPOINTS = frozenset({"static"})
 
 _TEMPLATE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
@@ -96,6 +96,11 @@ def _object(properties: JSONObject, *, optional: tuple[str, ...] = (), **extra: 
         **extra,
     }
 
+
+_RELAY_NOTE: JSONObject = {
+    **_STRING,
+    "description": "Present when the relay is down: what that means for senders.",
+}
 
 _ENVELOPE = _object(
     {"from": _STRING, "to": {"type": "array", "items": _STRING}},
@@ -187,18 +192,40 @@ SCHEMAS: JSONObject = {
     ),
     "Health": _object({"status": {"const": "ok"}}),
     "Readiness": _object(
-        {"status": {"const": "ready"}, "checks": _schema("Checks")},
+        {
+            "status": {"const": "ready"},
+            "checks": _schema("Checks"),
+            "relay": _schema("RelayState"),
+            "note": _RELAY_NOTE,
+        },
+        optional=("relay", "note"),
     ),
     "Checks": {
         "type": "object",
         "description": "Each check (`templates`, `outbox`, `dispatcher`, and `smtp` "
-        "when smtp is a subscriber): `ok`, or why it failed.",
+        "when smtp is a subscriber): `ok`, or why it failed. Only `templates`, `outbox` "
+        "and `dispatcher` decide readiness; `smtp` is reported, see `relay`.",
         "additionalProperties": _STRING,
+    },
+    "RelayState": {
+        "enum": ["up", "down"],
+        "description": "Whether the SMTP relay accepts a connection and greets with 220 "
+        "(present when smtp is a subscriber). A relay that is down does not make the "
+        "service unready: messages are accepted and delivered when it is back. Also "
+        "exported as the metric `notifier_relay_up`.",
     },
     "NotReady": {
         "allOf": [
             _schema("Problem"),
-            {"type": "object", "properties": {"checks": _schema("Checks")}, "required": ["checks"]},
+            {
+                "type": "object",
+                "properties": {
+                    "checks": _schema("Checks"),
+                    "relay": _schema("RelayState"),
+                    "note": _RELAY_NOTE,
+                },
+                "required": ["checks"],
+            },
         ]
     },
 }
@@ -289,8 +316,9 @@ PROBLEM_RESPONSES: dict[str, tuple[str, JSONObject]] = {
     "429": (
         "TooManyRequests",
         _problem(
-            "The caller's rate limit is spent (counted per token, or per client address "
-            "when no tokens are configured).",
+            "The caller's rate limit is spent: the token's own, or the global one "
+            "(counted per token, or per client address for callers without a token). "
+            "Both are off unless configured.",
             {
                 "Retry-After": {
                     "required": True,
@@ -503,10 +531,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("/readyz", "GET"): Operation(
         operation_id="readyz",
-        summary="Readiness: templates load, the outbox is writable, the relay is reachable",
+        summary="Readiness: templates load, the outbox is writable, the delivery loop runs "
+        "(the relay's state is reported, not required)",
         tag="operations",
         responses={
-            "200": {"description": "Ready.", "content": _json(_schema("Readiness"))},
+            "200": {
+                "description": "Ready; `relay` says whether the SMTP relay answers.",
+                "content": _json(_schema("Readiness")),
+            },
             "503": {
                 "description": "Not ready: a problem whose `checks` says which check "
                 "failed and why.",

@@ -1,5 +1,8 @@
-"""Per-caller request rate limit: a token bucket per API token (per client address when
-no tokens are configured), answering 429 with ``Retry-After``.
+"""Per-caller request rate limits: a token bucket per API token (per client address when
+the caller has no token), answering 429 with ``Retry-After``.
+
+Limits are opt-in. ``limits.rate_per_minute`` (0, off, by default) applies to every caller;
+a token's own ``rate_per_minute`` applies to that token whatever the global setting is.
 
 Buckets live in the process: with ``--workers N`` each worker allows the configured rate,
 so the service as a whole allows up to N times it.
@@ -10,14 +13,15 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from quart import Quart, g, request
 
 from notifier.errors import RateLimited
-from notifier.settings import LimitsSettings
+from notifier.settings import ApiToken, LimitsSettings
 
-__all__ = ["RateLimiter", "client_network"]
+__all__ = ["Rate", "RateLimiter", "client_network"]
 
 #: Buckets kept at most; the least recently used are dropped beyond this.
 MAX_BUCKETS = 10_000
@@ -36,47 +40,84 @@ def client_network(address: str | None = None) -> str:
     return address
 
 
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A steady rate (``per_minute``; 0 is no limit) and the burst allowed above it."""
+
+    per_minute: int
+    burst: int
+
+    @property
+    def limited(self) -> bool:
+        return self.per_minute > 0
+
+
 class RateLimiter:
     """Token buckets keyed by caller; ``init_app`` checks every ``/v1`` request."""
 
     def __init__(
-        self, settings: LimitsSettings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: LimitsSettings,
+        *,
+        tokens: Sequence[ApiToken] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._per_second = settings.rate_per_minute / 60.0
-        self._capacity = float(settings.rate_burst)
+        self.default_rate = Rate(settings.rate_per_minute, settings.rate_burst)
+        self._token_rates = {
+            token.name: Rate(
+                self.default_rate.per_minute
+                if token.rate_per_minute is None
+                else token.rate_per_minute,
+                self.default_rate.burst if token.rate_burst is None else token.rate_burst,
+            )
+            for token in tokens
+        }
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, last time)
 
     def init_app(self, app: Quart) -> None:
-        if self._per_second > 0:
+        rates = [self.default_rate, *self._token_rates.values()]
+        if any(rate.limited for rate in rates):
             app.before_request(self.check)
 
     async def check(self) -> None:
         if not request.path.startswith("/v1/"):
             return
-        caller = getattr(g, "token_name", None) or f"address {client_network()}"
+        token_name = getattr(g, "token_name", None)
+        if token_name is None:
+            caller, rate = f"address {client_network()}", self.default_rate
+        else:
+            caller, rate = token_name, self._token_rates.get(token_name, self.default_rate)
         self.refuse_if_limited(
-            caller, f"{caller} sent more than {self._per_second * 60:g} requests a minute"
+            caller, f"{caller} sent more than {rate.per_minute} requests a minute", rate=rate
         )
 
-    def refuse_if_limited(self, caller: str, detail: str) -> None:
-        """Take one request from ``caller``'s bucket or raise :class:`RateLimited`."""
-        if self._per_second <= 0:
+    def refuse_if_limited(self, caller: str, detail: str, *, rate: Rate | None = None) -> None:
+        """Take one request from ``caller``'s bucket or raise :class:`RateLimited`.
+
+        ``rate`` defaults to the global one (``limits``); no limit when it is 0.
+        """
+        rate = rate or self.default_rate
+        if not rate.limited:
             return
-        wait = self.take(caller)
+        wait = self.take(caller, rate)
         if wait > 0:
             raise RateLimited(detail, retry_after=math.ceil(wait))
 
-    def take(self, caller: str) -> float:
+    def take(self, caller: str, rate: Rate | None = None) -> float:
         """Take one request from ``caller``'s bucket; return 0, or seconds to wait."""
+        rate = rate or self.default_rate
+        if not rate.limited:
+            return 0.0
+        per_second = rate.per_minute / 60.0
         now = self._clock()
-        tokens, last = self._buckets.pop(caller, (self._capacity, now))
-        tokens = min(self._capacity, tokens + (now - last) * self._per_second)
+        tokens, last = self._buckets.pop(caller, (float(rate.burst), now))
+        tokens = min(float(rate.burst), tokens + (now - last) * per_second)
         if tokens >= 1:
             tokens -= 1
             wait = 0.0
         else:
-            wait = (1 - tokens) / self._per_second
+            wait = (1 - tokens) / per_second
         self._buckets[caller] = (tokens, now)  # re-inserted: dict order is recency
         if len(self._buckets) > MAX_BUCKETS:
             del self._buckets[next(iter(self._buckets))]

@@ -11,7 +11,7 @@ JSON API (every error is ``application/problem+json``):
 - ``GET /api/wait?count=N&timeout=S``: long poll; 200 with the messages as soon as at
   least N are captured, 408 problem when the timeout (at most 60 s) passes first;
 - ``GET|POST|DELETE /api/faults``, ``DELETE /api/faults/<id>``: fault rules (see
-  :mod:`notifier.capture.faults`).
+  :mod:`notifier.capture.faults`); ``POST`` takes ``application/json`` only (415 else).
 
 Pages: ``/`` (the list), ``/messages/<id>`` (one message) and
 ``/messages/<id>/html`` (its HTML body, served with a CSP sandbox for the iframe).
@@ -28,7 +28,7 @@ from notifier.capture.errors import InvalidFault
 from notifier.capture.faults import FaultRules
 from notifier.capture.pages import render_inbox, render_message
 from notifier.capture.store import CapturedMessage, MessageStore
-from notifier.errors import NotifierError
+from notifier.errors import NotifierError, UnsupportedMediaType
 from notifier.problems import problem_response
 
 __all__ = ["create_capture_app", "message_detail", "message_summary"]
@@ -106,7 +106,12 @@ def _int_argument(name: str, default: int | None) -> int | None:
 
 def create_capture_app(store: MessageStore, faults: FaultRules) -> Quart:
     """Build the capture server's Quart app around a store and its fault rules."""
-    app = Quart(__name__)
+    app = Quart(__name__, static_folder=None)
+    # No routing redirects: Werkzeug builds their Location from the Host header (see
+    # notifier.app); an odd path is a 404 problem instead.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    app.url_map.redirect_defaults = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
 
     @app.errorhandler(NotifierError)
@@ -145,6 +150,9 @@ def create_capture_app(store: MessageStore, faults: FaultRules) -> Quart:
             "total": len(newest_first),
         }
 
+    # The DELETE endpoints take no body, so there is no content type to check: a form can
+    # only GET or POST, and a script on another site may send DELETE only after a CORS
+    # preflight, which this server never approves (it sends no Access-Control-* headers).
     @app.delete("/api/messages")
     async def delete_messages() -> Response:
         store.clear()
@@ -189,6 +197,13 @@ def create_capture_app(store: MessageStore, faults: FaultRules) -> Quart:
 
     @app.post("/api/faults")
     async def add_fault() -> tuple[dict[str, Any], int]:
+        # An HTML form on any web page can POST here from the developer's browser as
+        # text/plain, urlencoded or multipart without asking first; a JSON body makes the
+        # browser ask (a CORS preflight), and this server never says yes to another origin.
+        if request.mimetype != "application/json":
+            raise UnsupportedMediaType(
+                "send the fault rule as JSON with Content-Type: application/json"
+            )
         body = await request.get_json(force=True, silent=True)
         if not isinstance(body, dict):
             raise InvalidFault('send a JSON object: {"pattern", "action", "times"}')

@@ -40,13 +40,18 @@ class Subscriber:
             await close()
 
 
-def load_subscribers(settings: Settings) -> list[Subscriber]:
-    """Resolve every name in ``settings.subscribers``; unknown ones stop start-up."""
+def load_subscribers(
+    settings: Settings, *, on_relay_state: Callable[[bool], None] | None = None
+) -> list[Subscriber]:
+    """Resolve every name in ``settings.subscribers``; unknown ones stop start-up.
+
+    ``on_relay_state`` hears from the ``smtp`` subscriber whether the relay answers.
+    """
     from notifier.subscribers.log import LogSubscriber
     from notifier.subscribers.smtp import SmtpSubscriber
 
     built_in: dict[str, Callable[[Settings], Callable[..., Any]]] = {
-        "smtp": lambda s: SmtpSubscriber(s.smtp),
+        "smtp": lambda s: SmtpSubscriber(s.smtp, on_relay_state=on_relay_state),
         "log": lambda s: LogSubscriber(s.log),
     }
     subscribers = []

@@ -9,6 +9,10 @@ Outcomes: every recipient accepted -> delivered; 5xx for the message or for ever
 recipient -> :class:`PermanentFailure`; some recipients refused ->
 :class:`PartialDelivery` (4xx refusals are retried for those recipients only); anything
 else (4xx, connection refused or dropped, timeout, TLS failure) -> transient.
+
+Whether the relay answered is reported to ``on_relay_state`` (the ``notifier_relay_up``
+metric): up when a connection is made or a transaction completes, down when connecting
+fails.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiosmtplib
@@ -24,18 +29,34 @@ from notifier.errors import PartialDelivery, PermanentFailure, TransientFailure
 from notifier.settings import SmtpSettings
 from notifier.signals import OutboundMessage
 
-__all__ = ["SmtpSubscriber"]
+__all__ = ["SmtpSubscriber", "relay_address"]
 
 #: A pooled connection idle for longer than this is checked with NOOP before reuse
 #: (relays close idle connections, and a send on a dead one would count as a failure).
 IDLE_CHECK_SECONDS = 5.0
 
 
-class SmtpSubscriber:
-    """Sends messages over a small pool of aiosmtplib connections."""
+def relay_address(settings: SmtpSettings) -> str:
+    """The relay as ``host:port`` (``[v6]:port``), as logs and metrics name it."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"{host}:{settings.port}"
 
-    def __init__(self, settings: SmtpSettings) -> None:
+
+class SmtpSubscriber:
+    """Sends messages over a small pool of aiosmtplib connections.
+
+    ``on_relay_state`` is called with True when the relay answers and False when it
+    cannot be reached.
+    """
+
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        *,
+        on_relay_state: Callable[[bool], None] | None = None,
+    ) -> None:
         self._settings = settings
+        self._on_relay_state = on_relay_state
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
         self._slots: asyncio.Semaphore | None = None
         self._tls_context: ssl.SSLContext | None = None
@@ -99,6 +120,7 @@ class SmtpSubscriber:
             client.close()  # cancelled (timeout) mid-transaction: the session is unusable
             raise
         self._checkin(client)
+        self._report_relay(up=True)
         if refused:
             refusals = {
                 rcpt: (response.code, response.message) for rcpt, response in refused.items()
@@ -147,7 +169,7 @@ class SmtpSubscriber:
             timeout=settings.timeout,
         )
         try:
-            await client.connect()
+            await self._open(client)
         except aiosmtplib.SMTPResponseException as exc:
             client.close()
             raise TransientFailure(
@@ -160,6 +182,22 @@ class SmtpSubscriber:
             client.close()
             raise
         return client
+
+    async def _open(self, client: aiosmtplib.SMTP) -> None:
+        """Connect ``client``, reporting whether the relay answered."""
+        try:
+            await client.connect()
+        except (aiosmtplib.SMTPConnectError, OSError):
+            # Refused, unreachable, timed out, dropped, or no 220 greeting: down. A
+            # refusal after the greeting (EHLO, STARTTLS, login) is reported neither
+            # way: the relay answers, but it does not serve us either.
+            self._report_relay(up=False)
+            raise
+        self._report_relay(up=True)
+
+    def _report_relay(self, *, up: bool) -> None:
+        if self._on_relay_state is not None:
+            self._on_relay_state(up)
 
     def _context(self) -> ssl.SSLContext:
         if self._tls_context is None:
