@@ -492,7 +492,9 @@ class SqliteOutbox(Outbox):
             released = 0
             for owner in filter(is_dead, owners):
                 released += db.execute(
+                    # The dead process's attempt was cut off: it counts.
                     "UPDATE deliveries SET status = 'queued', next_attempt_at = ?,"
+                    " attempts = attempts + 1,"
                     " lease_owner = NULL, lease_until = NULL, updated_at = ?"
                     " WHERE status = 'sending' AND lease_owner = ?",
                     (now, now, owner),
@@ -529,7 +531,9 @@ class SqliteOutbox(Outbox):
 
         def lease(db: sqlite3.Connection) -> list[Claim]:
             rows = db.execute(
+                # A lease that ran out was an attempt cut off by a crash: it counts.
                 "UPDATE deliveries SET status = 'sending', lease_owner = ?, lease_until = ?,"
+                " attempts = attempts + (status = 'sending'),"
                 " updated_at = ? WHERE rowid IN ("
                 "  SELECT rowid FROM deliveries"
                 "  WHERE status IN ('queued', 'sending')"

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import random
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -195,3 +196,45 @@ async def test_two_workers_deliver_each_of_1000_messages_exactly_once(
         assert max(seen.values()) == 1, "a message was delivered twice"
     finally:
         assert server.stop() == 0
+
+
+async def test_an_attempt_cut_off_by_a_crash_is_counted(
+    tmp_path: Path, settings_data: dict[str, Any], smtp_capture: Any
+) -> None:
+    # A relay that accepts the connection and never greets: the delivery hangs until the
+    # process is killed.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    settings_data["subscribers"] = ["smtp"]
+    settings_data["delivery"] = {"subscriber_timeout": 30, "backoff_initial": 0.05}
+    settings_data["smtp"] = {"host": "127.0.0.1", "port": silent.getsockname()[1], "timeout": 30}
+    hanging = tmp_path / "hanging.yml"
+    hanging.write_text(json.dumps(settings_data))
+    settings_data["smtp"] = {"host": smtp_capture.host, "port": smtp_capture.port, "timeout": 5}
+    working = tmp_path / "working.yml"
+    working.write_text(json.dumps(settings_data))
+
+    server = ServeProcess.start(hanging)
+    try:
+        with server.client() as http:
+            location = http.post("/v1/send/burger_receipt", json=ORDER).headers["Location"]
+            deadline = time.monotonic() + 10
+            while http.get(location).json()["status"] != "sending":
+                assert time.monotonic() < deadline, "the delivery never started"
+                await asyncio.sleep(0.02)
+    finally:
+        server.kill()
+        silent.close()
+
+    restarted = ServeProcess.start(working)
+    try:
+        with restarted.client() as http:
+            deadline = time.monotonic() + 30
+            while (body := http.get(location).json())["status"] != "delivered":
+                assert time.monotonic() < deadline, f"never delivered: {body}"
+                await asyncio.sleep(0.05)
+    finally:
+        assert restarted.stop() == 0
+    # The attempt the crash cut off, and the one that delivered.
+    assert body["subscribers"]["smtp"]["attempts"] == 2

@@ -88,6 +88,21 @@ async def test_expired_lease_makes_the_message_due_again(
     clock.now += 61
     claims = await outbox.claim(owner="b", limit=10, lease_seconds=60)
     assert len(claims) == 1
+    # The attempt the dead worker had started counts.
+    assert claims[0].subscribers["smtp"].attempts == 1
+
+
+async def test_a_lease_released_as_dead_counts_the_cut_off_attempt(
+    outbox: SqliteOutbox,
+) -> None:
+    record = await outbox.add(new_message(), subscribers=["smtp"])
+    assert await outbox.claim(owner="dead-worker", limit=10, lease_seconds=600)
+    assert await outbox.release_dead(lambda owner: owner == "dead-worker") == 1
+    stored = await outbox.get(record.id)
+    assert stored is not None
+    assert stored.deliveries[0].attempts == 1
+    [claim] = await outbox.claim(owner="b", limit=10, lease_seconds=600)
+    assert claim.subscribers["smtp"].attempts == 1
 
 
 async def test_record_outcomes_and_overall_status(outbox: SqliteOutbox, clock: Clock) -> None:
