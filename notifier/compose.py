@@ -395,8 +395,12 @@ def _parse_addresses(header: _Header) -> list[Mailbox]:
     if addresses is None:
         header.fast_path_safe = False
         return _parse_addresses_fully(header)
-    for _, addr_spec in addresses:
+    for index, (name, addr_spec) in enumerate(addresses):
         local, _, domain = addr_spec.rpartition("@")
+        if "xn--" in domain or "XN--" in domain.upper():
+            # An A-label must be valid punycode of a valid U-label: IDNA decides.
+            domain = _ascii_domain(header.name, domain)
+            addresses[index] = (name, f"{local}@{domain}")
         _check_lengths(header.name, local, domain)
     return addresses
 
@@ -512,6 +516,10 @@ def _parse_addresses_fully(header: _Header) -> list[Mailbox]:
             )
         domain = _ascii_domain(header.name, address.domain)
         _check_lengths(header.name, address.username, domain)
+        if _HOSTNAME.fullmatch(domain) is None and _ADDRESS_LITERAL.fullmatch(domain) is None:
+            raise InvalidAddress(
+                f"{header.name}: {domain!r} is not a valid domain", header=header.name
+            )
         checked = Address(address.display_name, address.username, domain)
         addresses.append((checked.display_name, checked.addr_spec))
     return addresses
@@ -532,8 +540,6 @@ def _ascii_domain(header: str, domain: str) -> str:
                 f"{header}: {domain!r} is not a valid international domain: {exc}",
                 header=header,
             ) from None
-    if _HOSTNAME.fullmatch(domain) is None and _ADDRESS_LITERAL.fullmatch(domain) is None:
-        raise InvalidAddress(f"{header}: {domain!r} is not a valid domain", header=header)
     return domain
 
 

@@ -1,26 +1,36 @@
 """Render + compose: a template name and a JSON context in, a composed message out.
 
-:meth:`Renderer.render_async` is what requests use. A render starts on the event loop,
-where almost every render finishes in well under a millisecond; one still running after
-:data:`LOOP_SLICE_SECONDS` stops and runs again in a render thread with the whole of
-``limits.render_timeout``, so a slow template or a large context never stalls the loop
-(and with it ``/healthz`` and every other request). Compose follows the same rule by
-size: a message whose header block or body is large enough that the email package could
-take more than a few milliseconds over it is composed in a render thread.
+:meth:`Renderer.render_async` is what requests use. Almost every render and compose
+takes well under a millisecond and runs on the event loop. Work that could take longer
+runs in a pool of render processes, so that it never stalls the loop (and with it
+``/healthz`` and every other request):
 
-Running every render in a thread would be simpler, but a thread hand-off costs 50 to
-250 µs per request (measured), several times the render itself.
+* a context larger than :data:`LOOP_CONTEXT_BYTES` goes to the pool at once;
+* a render still running after :data:`LOOP_SLICE_SECONDS` stops and runs again in the
+  pool with the whole ``limits.render_timeout``, and renders of that template go
+  straight to the pool for a while after;
+* a message whose header block or body is large enough that the email package could
+  take more than a few milliseconds over it is composed in the pool.
+
+Processes, not threads: a thread running a slow render holds the GIL in 5 ms turns, and
+the event loop, which takes it back at every ``await``, was measured answering
+``/healthz`` in 0.5 s while two such threads ran. The hand-off costs a millisecond or
+so, paid only by work that is slow anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
+import multiprocessing
+import os
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parseaddr
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
 
 from notifier.compose import (
     MAX_HEADER_BLOCK_BYTES,
@@ -35,16 +45,33 @@ from notifier.templates import RenderedTemplate, TemplateStore
 
 __all__ = ["LOOP_SLICE_SECONDS", "Renderer"]
 
-#: How long a render may run on the event loop before it moves to a render thread.
+#: How long a render may run on the event loop before it moves to the pool.
 LOOP_SLICE_SECONDS = 0.02
-#: Rendered text up to these sizes is composed on the event loop (measured worst case
-#: at these sizes: a few milliseconds; docs/benchmarks.md).
-LOOP_COMPOSE_HEADER_CHARS = 1024
+#: Request contexts larger than this (JSON bytes) are rendered in the pool at once.
+LOOP_CONTEXT_BYTES = 64 * 1024
+#: Seconds a template that ran past its slice keeps going straight to the pool.
+SLOW_TEMPLATE_SECONDS = 60.0
+#: Rendered text up to these sizes is composed on the event loop: a header block of 512
+#: characters costs the email package's parser a few milliseconds at worst (measured).
+LOOP_COMPOSE_HEADER_CHARS = 512
 LOOP_COMPOSE_BODY_CHARS = 64 * 1024
-#: Slow renders waiting for (or holding) a render thread, per thread, before 503.
-QUEUE_PER_THREAD = 8
+#: Slow renders waiting for (or running in) a render process, per process, before 503.
+QUEUE_PER_PROCESS = 8
 
-T = TypeVar("T")
+
+@dataclass(frozen=True, slots=True)
+class _RendererConfig:
+    """What a render process needs to build its own :class:`Renderer`."""
+
+    templates_dir: Path
+    budget_seconds: float
+    max_output: int
+    message_id_domain: str
+    default_from: str | None
+    max_recipients: int | None
+    allowed_senders: frozenset[str] | None
+    max_header_bytes: int
+    max_header_block_bytes: int
 
 
 class Renderer:
@@ -61,11 +88,12 @@ class Renderer:
         allowed_senders: frozenset[str] | None = None,
         max_header_bytes: int = MAX_HEADER_BYTES,
         max_header_block_bytes: int = MAX_HEADER_BLOCK_BYTES,
-        render_threads: int = 2,
+        render_processes: int = 2,
     ) -> None:
         self.templates = templates
         self.message_id_domain = message_id_domain
         self.default_from = default_from
+        #: Only for renders in this process: render processes use the real time.
         self.clock = clock
         #: Most envelope recipients a message may have (None: no limit).
         self.max_recipients = max_recipients
@@ -73,9 +101,12 @@ class Renderer:
         self.allowed_senders = allowed_senders
         self.max_header_bytes = max_header_bytes
         self.max_header_block_bytes = max_header_block_bytes
-        self._render_threads = render_threads
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._off_loop = 0
+        self._render_processes = render_processes
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._pool_starting: asyncio.Future[concurrent.futures.ProcessPoolExecutor] | None = None
+        self._in_pool = 0
+        #: Template name -> time.monotonic() when a render of it last ran past its slice.
+        self._slow_templates: dict[str, float] = {}
 
     @classmethod
     def from_settings(
@@ -92,29 +123,35 @@ class Renderer:
             allowed_senders=_allowed_senders(settings),
             max_header_bytes=limits.max_header_bytes,
             max_header_block_bytes=limits.max_header_block_bytes,
-            render_threads=limits.render_threads,
+            render_processes=limits.render_processes,
         )
 
     def render(self, name: str, context: Mapping[str, Any]) -> ComposedMessage:
         """Render template ``name`` with ``context`` and compose the message, here.
 
-        For the command line and tests; requests use :meth:`render_async`. Raises the
-        404/422 errors of :mod:`notifier.errors`.
+        For the command line, the render processes and tests; requests use
+        :meth:`render_async`. Raises the 404/422 errors of :mod:`notifier.errors`.
         """
         return self.compose(self.templates.render(name, context))
 
-    async def render_async(self, name: str, context: Mapping[str, Any]) -> ComposedMessage:
+    async def render_async(
+        self, name: str, context: Mapping[str, Any], *, context_bytes: int = 0
+    ) -> ComposedMessage:
         """:meth:`render`, keeping the event loop free (see the module doc).
 
-        Raises :class:`RenderCapacityExhausted` (503) when too many slow renders wait.
+        ``context_bytes`` is the size of the JSON the context came from. Raises
+        :class:`RenderCapacityExhausted` (503) when too many slow renders wait.
         """
+        if context_bytes > LOOP_CONTEXT_BYTES or self._recently_slow(name):
+            return await self._run_in_pool(_render_in_worker, name, dict(context))
         try:
             rendered = self.templates.render(name, context, slice_seconds=LOOP_SLICE_SECONDS)
         except SliceExhausted:
-            rendered = await self._in_thread(self.templates.render, name, context)
+            self._slow_templates[name] = time.monotonic()
+            return await self._run_in_pool(_render_in_worker, name, dict(context))
         if _cheap_to_compose(rendered):
             return self.compose(rendered)
-        return await self._in_thread(self.compose, rendered)
+        return await self._run_in_pool(_compose_in_worker, rendered)
 
     def compose(self, rendered: RenderedTemplate) -> ComposedMessage:
         """Compose a rendered template and apply the recipient and sender limits."""
@@ -143,28 +180,117 @@ class Renderer:
         return composed
 
     def close(self) -> None:
-        """Stop the render threads (renders still running finish within their budget)."""
+        """Stop the render processes (a render still running ends within its budget)."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        self._pool_starting = None
 
-    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
-        if self._off_loop >= self._render_threads * QUEUE_PER_THREAD:
+    def _recently_slow(self, name: str) -> bool:
+        since = self._slow_templates.get(name)
+        if since is None:
+            return False
+        if time.monotonic() - since < SLOW_TEMPLATE_SECONDS:
+            return True
+        del self._slow_templates[name]
+        return False
+
+    async def _run_in_pool(
+        self, function: Callable[..., ComposedMessage], *args: Any
+    ) -> ComposedMessage:
+        if self._in_pool >= self._render_processes * QUEUE_PER_PROCESS:
             raise RenderCapacityExhausted(
-                "too many slow renders are in progress (limits.render_threads); try again"
+                "too many slow renders are in progress (limits.render_processes); try again"
             )
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                self._render_threads, thread_name_prefix="notifier-render"
-            )
-        self._off_loop += 1
+        self._in_pool += 1
         try:
+            if self._pool is None:
+                # Starting processes blocks for a while: do it in a thread, once.
+                if self._pool_starting is None:
+                    self._pool_starting = asyncio.ensure_future(asyncio.to_thread(self._start_pool))
+                self._pool = await asyncio.shield(self._pool_starting)
+                self._pool_starting = None
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, functools.partial(function, *args))
+            composed: ComposedMessage = await loop.run_in_executor(self._pool, function, *args)
+            return composed
+        except (concurrent.futures.BrokenExecutor, OSError) as exc:
+            # A render process died (killed from outside, out of memory) or could not
+            # be started: start afresh with the next slow render.
+            self.close()
+            raise RenderCapacityExhausted(
+                f"render processes unavailable ({exc}); try again"
+            ) from None
         finally:
-            # Counted until the request stops waiting; a render whose request went away
-            # still ends within its budget.
-            self._off_loop -= 1
+            # Counted until the request stops waiting. A render whose request went away
+            # is dropped if it has not started, and otherwise ends within its budget.
+            self._in_pool -= 1
+
+    def _start_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        context = multiprocessing.get_context("forkserver")
+        # Each render process is forked from a server that has imported this module
+        # already: it starts in milliseconds, not after importing notifier again.
+        context.set_forkserver_preload([__name__])
+        pool = concurrent.futures.ProcessPoolExecutor(
+            self._render_processes,
+            # forkserver: render processes start from a clean process, not from a copy
+            # of this one with its threads, sockets and event loop.
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(self._config(),),
+        )
+        # Start every process now: later submissions then never start one on the loop.
+        concurrent.futures.wait([pool.submit(os.getpid) for _ in range(self._render_processes)])
+        return pool
+
+    def _config(self) -> _RendererConfig:
+        budget = self.templates.budget
+        return _RendererConfig(
+            templates_dir=self.templates.directory,
+            budget_seconds=budget.seconds,
+            max_output=budget.max_output,
+            message_id_domain=self.message_id_domain,
+            default_from=self.default_from,
+            max_recipients=self.max_recipients,
+            allowed_senders=self.allowed_senders,
+            max_header_bytes=self.max_header_bytes,
+            max_header_block_bytes=self.max_header_block_bytes,
+        )
+
+
+# -- inside a render process ---------------------------------------------------------
+
+_worker_renderer: Renderer | None = None
+
+
+def _start_worker(config: _RendererConfig) -> None:
+    global _worker_renderer  # one renderer per render process, built once
+    budget = RenderBudget(seconds=config.budget_seconds, max_output=config.max_output)
+    _worker_renderer = Renderer(
+        templates=TemplateStore(config.templates_dir, budget=budget),
+        message_id_domain=config.message_id_domain,
+        default_from=config.default_from,
+        max_recipients=config.max_recipients,
+        allowed_senders=config.allowed_senders,
+        max_header_bytes=config.max_header_bytes,
+        max_header_block_bytes=config.max_header_block_bytes,
+    )
+
+
+def _worker() -> Renderer:
+    # The pool's initializer ran before any task: a missing renderer is a bug.
+    assert _worker_renderer is not None, "render process started without its settings"
+    return _worker_renderer
+
+
+def _render_in_worker(name: str, context: dict[str, Any]) -> ComposedMessage:
+    return _worker().render(name, context)
+
+
+def _compose_in_worker(rendered: RenderedTemplate) -> ComposedMessage:
+    return _worker().compose(rendered)
+
+
+# -- helpers ---------------------------------------------------------------------------
 
 
 def _cheap_to_compose(rendered: RenderedTemplate) -> bool:

@@ -138,9 +138,9 @@ class LimitsSettings(_Section):
     render_timeout: float = Field(2.0, gt=0)
     #: Most characters one render (text and HTML parts together) may produce.
     max_rendered_chars: int = Field(4 * 1024 * 1024, ge=4096)
-    #: Threads that run renders too slow for the event loop (over 20 ms); when 8 per
-    #: thread are waiting, further slow renders are answered 503 until one finishes.
-    render_threads: int = Field(2, ge=1, le=64)
+    #: Processes that run renders too slow for the event loop (started when first
+    #: needed); when 8 per process are waiting, further slow renders get 503.
+    render_processes: int = Field(2, ge=1, le=64)
 
 
 class ApiToken(_Section):

@@ -75,7 +75,7 @@ async def send_message(name: str) -> Response:
     outbox: Outbox = current_app.extensions["notifier.outbox"]
     dispatcher: Dispatcher = current_app.extensions["notifier.dispatcher"]
     settings: Settings = current_app.extensions["notifier.settings"]
-    context = await read_json_object()
+    context, size = await read_json_object()
     fingerprint = context_hash(context)
     key = _idempotency_key(name, fingerprint)
     if key is not None:
@@ -92,7 +92,7 @@ async def send_message(name: str) -> Response:
             )
     direct = False
     try:
-        composed = await render_timed(renderer, name, context)
+        composed = await render_timed(renderer, name, context, context_bytes=size)
         message = NewMessage(
             template=name,
             context_hash=fingerprint,

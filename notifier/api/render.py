@@ -19,8 +19,9 @@ __all__ = ["read_json_object", "render", "render_timed"]
 render = Blueprint("render", __name__, url_prefix="/v1")
 
 
-async def read_json_object() -> dict[str, Any]:
-    """The request body as a JSON object: 415 unless JSON, 400 unless an object.
+async def read_json_object() -> tuple[dict[str, Any], int]:
+    """The request body as a JSON object, and its size in bytes: 415 unless JSON, 400
+    unless an object.
 
     Quart enforces ``MAX_CONTENT_LENGTH`` while the body streams in (413), also for
     chunked bodies that announce no length.
@@ -39,7 +40,7 @@ async def read_json_object() -> dict[str, Any]:
         raise BadRequestBody(f"the body must be a JSON object, not a JSON {type(context).__name__}")
     if isinstance(raw, bytes) and _ESCAPED_SURROGATE.search(raw) is not None:
         _refuse_lone_surrogates(context)
-    return context
+    return context, len(raw)
 
 
 # A \uD800-\uDFFF escape: JSON text may spell a lone surrogate this way (UTF-8 cannot).
@@ -65,11 +66,13 @@ def _refuse_lone_surrogates(context: dict[str, Any]) -> None:
             )
 
 
-async def render_timed(renderer: Renderer, name: str, context: dict[str, Any]) -> ComposedMessage:
+async def render_timed(
+    renderer: Renderer, name: str, context: dict[str, Any], *, context_bytes: int
+) -> ComposedMessage:
     """``renderer.render_async``, timed into the ``notifier_render_seconds`` histogram."""
     metrics: Metrics = current_app.extensions["notifier.metrics"]
     started = time.perf_counter()
-    composed = await renderer.render_async(name, context)
+    composed = await renderer.render_async(name, context, context_bytes=context_bytes)
     metrics.render_seconds.observe(time.perf_counter() - started)
     return composed
 
@@ -90,8 +93,8 @@ def _refuse_constant(name: str) -> Any:
 @render.post("/render/<name>")
 async def render_message(name: str) -> Response:
     renderer: Renderer = current_app.extensions["notifier.renderer"]
-    context = await read_json_object()
-    composed = await render_timed(renderer, name, context)
+    context, size = await read_json_object()
+    composed = await render_timed(renderer, name, context, context_bytes=size)
     if _wants_json():
         view = message_view(composed.data)
         view["envelope"] = {"from": composed.sender, "to": composed.recipients}
