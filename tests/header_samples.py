@@ -57,7 +57,7 @@ TRICKY_SUBJECTS = [
     "é" + " " * 120 + "é",
     "x" * 200 + "é",
     "👨‍👩‍👧‍👦" * 30,
-    "=?utf-8?q?not?= an encoded-word? é =?",
+    "=?utf-8?q?not an encoded-word? é =? ?=",
     "טקסט עברי and English mixed ووو العربية 123",
     "日本語のテキスト、とても長い件名です。" * 6,
     "e\u0301" * 120,
