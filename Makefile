@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+JS_STAMP := tests/js/node_modules/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 # The local capture server that `make run` starts next to the service (inbox on HTTP).
 CAPTURE_SMTP_PORT ?= 1025
 CAPTURE_HTTP_PORT ?= 8025
 
-.PHONY: run test lint typecheck pytest chromium bench clean
+.PHONY: run test lint typecheck pytest chromium node bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "notifier needs Python 3.11 or newer")'
@@ -35,7 +36,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected no tests: that is a failure here, said plainly.
-pytest: $(STAMP) chromium
+pytest: $(STAMP) chromium $(JS_STAMP)
 	@$(BIN)/pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$status
@@ -53,6 +54,25 @@ chromium:
 		fi; \
 	}
 
+# nodemailer's mailparser (tests/js) reads composed headers as a second, independent RFC 2047
+# reader; it needs Node.js and npm. Install Debian's when they are missing.
+node:
+	@command -v npm >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; \
+		else \
+			echo "make test needs Node.js and npm for the mailparser test:" \
+				"run 'sudo apt-get install nodejs npm' (or make test as root)" >&2; \
+			exit 1; \
+		fi; \
+	}
+
+# The pinned modules, installed again when node_modules is missing or older than the lock.
+$(JS_STAMP): tests/js/package-lock.json | node
+	npm ci --prefix tests/js --no-audit --no-fund
+	@touch $@
+
 test: lint typecheck pytest
 
 # Benchmarks are not part of `make test`; results and how to read them: docs/benchmarks.md.
@@ -62,4 +82,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/delivery_bench.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/js/node_modules

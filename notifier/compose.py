@@ -6,9 +6,11 @@ and Bcc) and serialises the message with CRLF line ends, never writing Bcc.
 
 Two serialisers produce the bytes:
 
-* the ``email`` package (policy ``SMTP``) handles everything: RFC 2047 encoding of
-  non-ASCII subjects and display names, folding, quoted-printable or base64 bodies and
-  multipart/alternative when the template has an HTML part;
+* the ``email`` package (policy ``SMTP``) handles everything: quoted-printable or base64
+  bodies, multipart/alternative when the template has an HTML part, structured headers;
+  address headers, and text headers that are not ASCII or need folding, it takes as
+  already written by :mod:`notifier.encoded_words` (RFC 2047 encoding and folding that
+  keep every space, which the email package's own folder does not);
 * a fast path writes the common case directly: every header ASCII and short enough not to
   need folding, a plain ASCII body with lines within 998 octets, no HTML part. Measured,
   the ``email`` package costs about 20 times a cached Jinja render of the burger receipt
@@ -26,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
-from email.header import Header, decode_header, make_header
-from email.headerregistry import Address
+from email.header import decode_header, make_header
+from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
 from email.utils import format_datetime, getaddresses, parsedate_to_datetime
@@ -35,6 +37,7 @@ from typing import Any
 
 import idna
 
+from notifier.encoded_words import FOLD_COLUMN, fold_mailboxes, fold_text
 from notifier.errors import ComposeError, HeaderInjection, InvalidAddress, TemplateError
 from notifier.templates import (
     CR_MARK,
@@ -49,8 +52,6 @@ __all__ = ["ComposedMessage", "compose_message", "message_view"]
 
 #: RFC 5322: at most 998 octets per line, excluding CRLF.
 MAX_LINE_OCTETS = 998
-#: Lines up to this length need no folding (RFC 5322 "SHOULD" limit).
-FOLD_COLUMN = 78
 #: Default caps on one header value and on the whole header block, in UTF-8 octets
 #: (``limits.max_header_bytes``, ``limits.max_header_block_bytes``). The email package's
 #: address parser and folder take time that grows with the square of a value's length,
@@ -688,12 +689,16 @@ def _email_serialise(
         if header.key in _NOT_COPIED:
             continue
         mailboxes = addresses.get(header.key)
-        if mailboxes is None:
-            message[header.name] = header.value
-        elif all(name.isascii() for name, _ in mailboxes):
-            message[header.name] = [Address(name, addr_spec=spec) for name, spec in mailboxes]
+        if mailboxes is not None:
+            message[header.name] = _FoldedAddressHeader(header.name, mailboxes)
+        elif _is_unstructured(header.key) and (
+            not header.value.isascii() or len(header.name) + 2 + len(header.value) > FOLD_COLUMN
+        ):
+            message[header.name] = _FoldedTextHeader(header.name, header.value)
         else:
-            message[header.name] = _EncodedAddressHeader(header.name, mailboxes)
+            # Short ASCII text needs neither encoding nor folding: the email package
+            # writes it unchanged. Structured headers (Date, Message-ID) it also checks.
+            message[header.name] = header.value
     text = "\n".join(_LINE_BREAK.split(body))
     # Control characters (NUL from request data, say) are not 7bit-safe: force an encoding.
     cte = None if _PLAIN_TEXT.fullmatch(text) else "quoted-printable"
@@ -710,14 +715,46 @@ def _email_serialise(
     return data
 
 
-class _EncodedAddressHeader:
-    """An address header with non-ASCII display names, folded by notifier.
+# The same header classes as the policies' default header factory.
+_HEADER_CLASSES = HeaderRegistry()
+
+
+@functools.lru_cache(maxsize=256)
+def _is_unstructured(key: str) -> bool:
+    """Whether the email package would write the header as plain text (Subject, X-...),
+    not parse it (Date, Message-ID, Content-Disposition, Resent-To)."""
+    return issubclass(_HEADER_CLASSES[key], UnstructuredHeader)
+
+
+class _FoldedTextHeader:
+    """An unstructured header encoded and folded by :mod:`notifier.encoded_words`.
 
     The email package's folder can put a line break between two encoded-words where the
-    name had a space, and RFC 2047 readers drop whitespace between encoded-words: the
-    space is lost ("Główny Dział" arrives as "GłównyDział"). ``email.header.Header``
-    encodes the space inside the encoded-word instead; the message takes this object as
-    an already-built header (``EmailPolicy`` uses any value with ``name`` and ``fold``).
+    text had a space, and RFC 2047 readers drop whitespace between encoded-words: the
+    space is lost. It also writes encoded-words of 76 and 77 characters (RFC 2047 allows
+    75). The message takes this object as an already-built header (``EmailPolicy`` uses
+    any value with ``name`` and ``fold``).
+    """
+
+    def __init__(self, name: str, value: str) -> None:
+        self.name = name
+        self._value = value
+
+    def fold(self, *, policy: policy.Policy) -> str:
+        return fold_text(self.name, self._value, linesep=policy.linesep)
+
+    def __str__(self) -> str:
+        return self._value
+
+
+class _FoldedAddressHeader:
+    """An address header encoded and folded by :mod:`notifier.encoded_words`.
+
+    The email package loses spaces in non-ASCII display names the same way. When it folds
+    a long ASCII display name it can drop the name's quotes, and a name such as
+    ``x...x <eve@evil.example>`` then reads as a second address; it also leaves a run of
+    spaces in an ASCII name unquoted, which readers take as one space.
+    ``email.header.Header`` keeps the spaces but writes encoded-words over 75 characters.
     """
 
     def __init__(self, name: str, mailboxes: list[Mailbox]) -> None:
@@ -725,17 +762,7 @@ class _EncodedAddressHeader:
         self._mailboxes = mailboxes
 
     def fold(self, *, policy: policy.Policy) -> str:
-        linesep = policy.linesep
-        parts = []
-        for index, (display_name, addr_spec) in enumerate(self._mailboxes):
-            if display_name.isascii():
-                parts.append(str(Address(display_name, addr_spec=addr_spec)))
-                continue
-            encoded = Header(
-                display_name, "utf-8", header_name=self.name if index == 0 else None
-            ).encode(linesep=linesep)
-            parts.append(f"{encoded} <{addr_spec}>")
-        return f"{self.name}: {f',{linesep} '.join(parts)}{linesep}"
+        return fold_mailboxes(self.name, self._mailboxes, linesep=policy.linesep)
 
     def __str__(self) -> str:
         return ", ".join(str(Address(name, addr_spec=spec)) for name, spec in self._mailboxes)
