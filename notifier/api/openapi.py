@@ -309,8 +309,9 @@ PROBLEM_RESPONSES: dict[str, tuple[str, JSONObject]] = {
         "UnprocessableContent",
         _problem(
             "Render or compose failed (missing variable, header injection, bad address, "
-            "template error, sender not allowed, too many recipients), or the "
-            "Idempotency-Key was used with another request."
+            "a header over its cap, template error, render budget exceeded, sender not "
+            "allowed, too many recipients), or the Idempotency-Key was used with another "
+            "request."
         ),
     ),
     "429": (
@@ -330,7 +331,10 @@ PROBLEM_RESPONSES: dict[str, tuple[str, JSONObject]] = {
     ),
     "503": (
         "ServiceUnavailable",
-        _problem("The outbox cannot store the message; nothing is sent."),
+        _problem(
+            "The outbox cannot store the message (nothing is sent), or too many slow "
+            "renders are waiting for a render process (with `Retry-After`)."
+        ),
     ),
 }
 
@@ -405,7 +409,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         description="200 with the exact bytes that would be sent. With "
         "`Accept: application/json`, a JSON view read back from those bytes.",
         tag="messages",
-        problems=(404, 422),
+        problems=(404, 422, 503),
         request_body=_CONTEXT_BODY,
         responses={
             "200": {
