@@ -17,8 +17,9 @@ from notifier.api.tracing import init_tracing
 from notifier.dispatch import Dispatcher
 from notifier.errors import OutboxUnavailable
 from notifier.metrics import Metrics
-from notifier.outbox import Outbox, SqliteOutbox
+from notifier.outbox import Outbox, open_outbox
 from notifier.renderer import Renderer
+from notifier.sending import Sending
 from notifier.settings import Settings, load_settings
 from notifier.subscribers import load_subscribers
 from notifier.subscribers.smtp import relay_address
@@ -29,14 +30,19 @@ logger = logging.getLogger("notifier")
 
 
 def create_app(
-    settings: Settings | Mapping[str, Any] | None = None, *, outbox: Outbox | None = None
+    settings: Settings | Mapping[str, Any] | None = None,
+    *,
+    outbox: Outbox | None = None,
+    deliver: bool | None = None,
 ) -> Quart:
     """Build a notifier app.
 
     ``settings`` may be a :class:`Settings`, a mapping validated like the YAML file, or
     None to load ``settings.yml`` / ``NOTIFIER_SETTINGS`` plus ``NOTIFIER_*`` overrides.
-    ``outbox`` replaces the SQLite outbox (another store, or a fake in tests). Files,
-    sockets and threads are only opened when the app starts serving.
+    ``outbox`` replaces the one the settings describe (SQLite at ``outbox.path``, or
+    PostgreSQL at ``outbox.url``). ``deliver`` says whether this process runs a dispatcher
+    (default: ``delivery.in_serve``; ``notifier worker`` passes True). Files, sockets and
+    threads are only opened when the app starts serving.
     """
     if settings is None:
         settings = load_settings()
@@ -59,21 +65,32 @@ def create_app(
     app.extensions["notifier.metrics"] = metrics
     renderer = Renderer.from_settings(settings)
     app.extensions["notifier.renderer"] = renderer
-    store = outbox if outbox is not None else SqliteOutbox(settings.outbox.path)
+    store = outbox if outbox is not None else open_outbox(settings.outbox)
     subscribers = load_subscribers(
         settings, on_relay_state=partial(metrics.relay_state, relay_address(settings.smtp))
     )
-    dispatcher = Dispatcher(
-        app,
-        store,
-        subscribers,
-        settings.delivery,
-        metrics=metrics,
-        retention=settings.outbox.retention,
-        log_addresses=settings.log.include_addresses,
-    )
+    delivering = settings.delivery.in_serve if deliver is None else deliver
+    dispatcher = None
+    if delivering:
+        dispatcher = Dispatcher(
+            app,
+            store,
+            subscribers,
+            settings.delivery,
+            metrics=metrics,
+            retention=settings.outbox.retention,
+            log_addresses=settings.log.include_addresses,
+        )
     app.extensions["notifier.outbox"] = store
     app.extensions["notifier.dispatcher"] = dispatcher
+    app.extensions["notifier.sending"] = Sending(
+        renderer=renderer,
+        outbox=store,
+        subscribers=settings.subscribers,
+        idempotency_ttl=settings.idempotency.ttl,
+        dispatcher=dispatcher,
+        metrics=metrics,
+    )
 
     @app.before_serving
     async def start_delivery() -> None:
@@ -83,11 +100,13 @@ def create_app(
             # Keep serving (renders work, /readyz says why); sends answer 503 until the
             # outbox can be opened, and the dispatcher keeps trying.
             logger.error("the outbox is not usable yet: %s", exc.detail)
-        dispatcher.start()
+        if dispatcher is not None:
+            dispatcher.start()
 
     @app.after_serving
     async def stop_delivery() -> None:
-        await dispatcher.stop(grace=settings.delivery.shutdown_grace)
+        if dispatcher is not None:
+            await dispatcher.stop(grace=settings.delivery.shutdown_grace)
         for subscriber in subscribers:
             await subscriber.aclose()
         await store.close()

@@ -1,4 +1,4 @@
-"""The ``notifier`` command: serve, capture, render, check.
+"""The ``notifier`` command: serve, worker, migrate, capture, render, check.
 
 Every command reads ``NOTIFIER_SETTINGS`` and the ``NOTIFIER_*`` overrides; ``--settings``
 names the settings file explicitly. Errors are one readable line on stderr and a non-zero
@@ -8,6 +8,7 @@ exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -45,6 +46,14 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.set_defaults(handler=_serve)
+
+    worker = commands.add_parser("worker", help="deliver from the outbox, without HTTP")
+    _add_settings_option(worker)
+    worker.set_defaults(handler=_worker)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the outbox schema")
+    _add_settings_option(migrate)
+    migrate.set_defaults(handler=_migrate)
 
     capture = commands.add_parser("capture", help="run the local SMTP capture server")
     from notifier.capture import cli as capture_cli
@@ -94,6 +103,33 @@ def _serve(args: argparse.Namespace) -> int:
         print("notifier serve: --workers must be at least 1", file=sys.stderr)
         return 2
     return run(build_config(host=args.host, port=args.port, workers=args.workers))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from notifier.worker import run_worker
+
+    settings = _settings(args)
+    load_subscribers(settings)  # a bad subscriber is one line here, not a traceback later
+    configure_logging(settings.log)
+    return asyncio.run(run_worker(settings))
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from notifier.outbox import open_outbox
+
+    settings = _settings(args)
+    configure_logging(settings.log)
+
+    async def migrate() -> str:
+        outbox = open_outbox(settings.outbox)
+        await outbox.open()  # migrates, under a lock where processes may race
+        try:
+            return await outbox.describe()
+        finally:
+            await outbox.close()
+
+    print(f"notifier migrate: {asyncio.run(migrate())}")
+    return 0
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -1,6 +1,10 @@
 """The dispatcher: claim due messages, send ``message_ready``, record each outcome.
 
-It runs as a background task of the serving app. Each claimed message goes out through
+It runs as a background task of the serving app (or of ``notifier worker``). Any number
+of dispatchers in any number of processes may share one outbox: claims never hand one
+delivery to two of them, and each renews the leases of what it is delivering, so the
+work of a process that dies goes back to the others once its leases run out. Each
+claimed message goes out through
 :data:`notifier.signals.message_ready`; every subscriber named in settings is connected
 to it as a relay that starts the subscriber as its own task, so subscribers run side by
 side: a slow or failing one never holds the others back. Each subscriber's return or
@@ -37,16 +41,16 @@ __all__ = ["DeliveryRound", "Dispatcher", "retry_delay"]
 logger = logging.getLogger("notifier.dispatch")
 
 #: How often an idle dispatcher looks at the outbox even when nothing woke it (other
-#: processes sharing the outbox add messages this one is not told about).
+#: processes sharing the outbox add messages this one may not be told about).
 IDLE_POLL_SECONDS = 1.0
-#: Extra time a lease gives beyond the subscriber timeout, for recording the outcome.
-LEASE_MARGIN_SECONDS = 30.0
+#: After a lost wake-up connection (PostgreSQL LISTEN), wait this long before the next.
+LISTEN_RETRY_SECONDS = 5.0
 #: Longest error text kept per attempt.
 MAX_ERROR_LENGTH = 1000
 #: Addresses in error texts (relay replies quote them) are masked in log lines unless
 #: log.include_addresses is set.
 _ADDRESS = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
-#: How often to look for leases held by processes that died, and for expired keys.
+#: How often to purge finished messages past retention and expired idempotency keys.
 HOUSEKEEPING_SECONDS = 60.0
 
 
@@ -128,11 +132,13 @@ class Dispatcher:
         self._settings = settings
         self._clock = clock
         self._rng = rng
-        self._host = socket.gethostname().replace(":", "_")
-        self.owner = f"{self._host}:{os.getpid()}:{os.urandom(4).hex()}"
+        # Names the process in the outbox (for operators reading it); leases belong to
+        # this exact dispatcher through the random part.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._next_housekeeping = 0.0
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._helpers: list[asyncio.Task[None]] = []
         self._deliveries: dict[asyncio.Task[None], DeliveryRound] = {}
         self._relays: dict[str, Callable[..., Awaitable[None]]] = {}
         self._stopping = False
@@ -140,7 +146,7 @@ class Dispatcher:
 
     @property
     def lease_seconds(self) -> float:
-        return self._settings.subscriber_timeout + LEASE_MARGIN_SECONDS
+        return self._settings.lease_seconds
 
     def start(self) -> None:
         for subscriber in self._subscribers:
@@ -149,6 +155,10 @@ class Dispatcher:
             message_ready.connect(relay, sender=self._app, weak=False)
             self._relays[subscriber.name] = relay
         self._loop_task = asyncio.create_task(self._run(), name="notifier dispatcher")
+        self._helpers = [
+            asyncio.create_task(self._renew_leases(), name="notifier lease renewal"),
+            asyncio.create_task(self._listen(), name="notifier wake-ups"),
+        ]
 
     def wake(self) -> None:
         """A message was stored: look for due work now instead of at the next poll."""
@@ -202,6 +212,11 @@ class Dispatcher:
             task.cancel()
         if self._deliveries:
             await asyncio.wait(list(self._deliveries))
+        # Leases were renewed until now; what was cut off has been handed back.
+        for helper in self._helpers:
+            helper.cancel()
+        await asyncio.gather(*self._helpers, return_exceptions=True)
+        self._helpers = []
         for relay in self._relays.values():
             message_ready.disconnect(relay, sender=self._app)
         self._relays.clear()
@@ -256,39 +271,40 @@ class Dispatcher:
     async def _housekeeping(self) -> None:
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
         try:
-            released = await self._outbox.release_dead(self._owner_is_dead)
             purged = await self._outbox.purge(retention=self._retention)
         except OutboxUnavailable as exc:
             logger.error("outbox housekeeping failed: %s", exc.detail)
             return
-        if released:
-            logger.warning(
-                "resuming %d delivery(ies) left mid-way by a process that died", released
-            )
         if purged:
             logger.info("removed %d finished message(s) past outbox.retention", purged)
 
-    def _owner_is_dead(self, owner: str) -> bool:
-        """Whether the process that holds a lease is gone, when that can be known.
+    async def _renew_leases(self) -> None:
+        """Keep the leases of running deliveries alive: a third of the lease apart, so
+        that two renewals may fail before another process could take a delivery over."""
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            running = {round_.claim.message.id for round_ in self._deliveries.values()}
+            if not running:
+                continue
+            try:
+                await self._outbox.renew(
+                    owner=self.owner, message_ids=running, lease_seconds=self.lease_seconds
+                )
+            except OutboxUnavailable as exc:
+                logger.error("cannot renew delivery leases: %s", exc.detail)
 
-        Leases of processes on this host are checked at once, so a restart resumes what a
-        crash interrupted without waiting for the lease to run out; other hosts' leases
-        simply expire.
-        """
-        host, _, rest = owner.partition(":")
-        pid_text, _, _ = rest.partition(":")
-        if host != self._host or owner == self.owner or not pid_text.isdigit():
-            return False
-        pid = int(pid_text)
-        if pid == os.getpid():
-            return True  # an earlier life of this process id (a restarted container)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False  # alive, owned by another user
-        return False
+    async def _listen(self) -> None:
+        """Wake up when another process stores work (PostgreSQL NOTIFY); polling covers
+        the time the wake-up connection is down, and backends without one."""
+        while True:
+            try:
+                await self._outbox.listen(self.wake)
+            except OutboxUnavailable as exc:
+                logger.warning("no wake-ups from the outbox for now: %s", exc.detail)
+                await asyncio.sleep(LISTEN_RETRY_SECONDS)
+            else:
+                return
 
     async def _idle(self) -> None:
         timeout = IDLE_POLL_SECONDS

@@ -108,7 +108,23 @@ class DefaultsSettings(_Section):
 
 
 class OutboxSettings(_Section):
+    #: The embedded SQLite outbox (one machine).
     path: Path = Path("var/outbox.sqlite3")
+    #: ``postgresql://user:password@host:5432/db``: an outbox shared by every replica and
+    #: worker. Wins over ``path``. A secret (it may hold a password): never echoed.
+    url: SecretStr | None = None
+    #: Connections each process keeps to PostgreSQL at most.
+    pool_size: int = Field(10, ge=2, le=1000)
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("must be a postgresql://user:password@host:5432/db URL")
+        return url
+
     #: Seconds a finished (delivered or failed) message is kept; 0 keeps them forever.
     retention: float = Field(30 * 24 * 3600.0, ge=0)
 
@@ -184,6 +200,13 @@ class DeliverySettings(_Section):
     #: Seconds in-flight deliveries get to finish on shutdown before they are handed
     #: back to the outbox (and delivered after the next start).
     shutdown_grace: float = Field(10.0, ge=0)
+    #: Seconds a claimed delivery stays leased to its process without a renewal. The
+    #: process renews it every third of that while the delivery runs, so a process that
+    #: dies hands its work back after at most this long (plus one poll, 1 s).
+    lease_seconds: float = Field(30.0, ge=1)
+    #: Whether ``notifier serve`` delivers too. false: it only accepts (the API), and
+    #: ``notifier worker`` processes sharing the outbox deliver.
+    in_serve: bool = True
 
 
 class IdempotencySettings(_Section):
@@ -334,7 +357,7 @@ def _describe_validation_error(exc: ValidationError) -> str:
     # Echo only a plain scalar, and nothing from sections that hold secrets: a whole
     # section of the wrong shape would otherwise print its password or tokens.
     scalar = value is None or isinstance(value, str | int | float | bool)
-    secret_section = key.split(".")[0] in ("auth", "smtp")
+    secret_section = key.split(".")[0] in ("auth", "smtp", "outbox")
     shown = f" (got {value!r})" if scalar and not secret_section else ""
     more = f"; {exc.error_count() - 1} more error(s)" if exc.error_count() > 1 else ""
     return f"settings: {key}: {error['msg']}{shown}{more}"

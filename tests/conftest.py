@@ -153,3 +153,4 @@ async def wait_for_status(
 
 def finished(body: dict[str, Any]) -> bool:
     return body["status"] in ("delivered", "failed")
+

@@ -34,6 +34,8 @@ def crash_settings(tmp_path: Path, settings_data: dict[str, Any], smtp_capture: 
         "max_attempts": 100,
         "subscriber_timeout": 5,
         "concurrency": CONCURRENCY,
+        # A killed process's deliveries are taken over once their lease runs out.
+        "lease_seconds": 2,
     }
     path = tmp_path / "crash-settings.yml"
     path.write_text(json.dumps(settings_data))
@@ -207,7 +209,11 @@ async def test_an_attempt_cut_off_by_a_crash_is_counted(
     silent.bind(("127.0.0.1", 0))
     silent.listen()
     settings_data["subscribers"] = ["smtp"]
-    settings_data["delivery"] = {"subscriber_timeout": 30, "backoff_initial": 0.05}
+    settings_data["delivery"] = {
+        "subscriber_timeout": 30,
+        "backoff_initial": 0.05,
+        "lease_seconds": 2,
+    }
     settings_data["smtp"] = {"host": "127.0.0.1", "port": silent.getsockname()[1], "timeout": 30}
     hanging = tmp_path / "hanging.yml"
     hanging.write_text(json.dumps(settings_data))

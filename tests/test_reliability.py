@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from notifier.capture.server import BackgroundCaptureServer
-from notifier.outbox import IdempotencyKey, NewMessage, SqliteOutbox
-from tests.conftest import Clock, MakeClient, finished, wait_for_status
+from notifier.outbox.sqlite import SqliteOutbox
+from tests.conftest import MakeClient, finished, wait_for_status
 
 
 def _epoch(iso: str) -> float:
@@ -192,35 +192,6 @@ async def test_idempotency_key_rules(
 
     await smtp_capture.wait_for_async(2, timeout=10)
     assert len(smtp_capture.messages) == 2
-
-
-async def test_idempotency_keys_expire_and_abandoned_reservations_are_given_up(
-    tmp_path: Path,
-) -> None:
-    clock = Clock()
-    outbox = SqliteOutbox(tmp_path / "o.sqlite3", clock=clock)
-    await outbox.open()
-    key = IdempotencyKey("k", "hash-a")
-    assert (await outbox.reserve(key, ttl=86400)).state == "reserved"
-    assert (await outbox.reserve(IdempotencyKey("k", "hash-a"), ttl=86400)).state == "in_flight"
-    message = NewMessage("t", "h", "<m@x>", "a@x.org", ["b@x.org"], b"data")
-    await outbox.add(message, subscribers=[], idempotency_key=key, respond=lambda r: {"id": r.id})
-    replay = await outbox.reserve(IdempotencyKey("k", "hash-a"), ttl=86400)
-    assert replay.state == "done"
-    assert replay.response is not None
-    assert (await outbox.reserve(IdempotencyKey("k", "hash-b"), ttl=86400)).state == "mismatch"
-    clock.now += 86400 + 1
-    await outbox.purge(retention=0)
-    assert (await outbox.reserve(IdempotencyKey("k", "hash-b"), ttl=86400)).state == "reserved"
-
-    stuck = IdempotencyKey("stuck", "h")
-    assert (await outbox.reserve(stuck, ttl=86400)).state == "reserved"
-    clock.now += 61  # its request's process died before storing anything
-    taker = IdempotencyKey("stuck", "h")
-    assert (await outbox.reserve(taker, ttl=86400)).state == "reserved"
-    with pytest.raises(Exception, match="still being handled"):
-        await outbox.add(message, subscribers=[], idempotency_key=stuck)
-    await outbox.close()
 
 
 async def test_retry_after_a_partial_refusal_sends_only_to_the_refused(

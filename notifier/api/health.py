@@ -50,12 +50,13 @@ async def readyz() -> Response:
     settings: Settings = current_app.extensions["notifier.settings"]
     renderer: Renderer = current_app.extensions["notifier.renderer"]
     outbox: Outbox = current_app.extensions["notifier.outbox"]
-    dispatcher: Dispatcher = current_app.extensions["notifier.dispatcher"]
+    dispatcher: Dispatcher | None = current_app.extensions["notifier.dispatcher"]
     checks = {
         "templates": _check_templates(renderer),
         "outbox": await _check_outbox(outbox),
-        "dispatcher": "ok" if dispatcher.running else "the delivery loop is not running",
     }
+    if dispatcher is not None:  # None: an API-only process (delivery.in_serve: false)
+        checks["dispatcher"] = "ok" if dispatcher.running else "the delivery loop is not running"
     failing = [name for name, result in checks.items() if result != "ok"]
     relay: dict[str, Any] = {}  # the relay's state, when there is one to deliver to
     if "smtp" in settings.subscribers:

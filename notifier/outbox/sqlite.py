@@ -1,15 +1,11 @@
-"""The durable outbox: accepted messages and each subscriber's delivery outcome.
+"""The outbox in one SQLite file: the embedded default for one machine.
 
-:class:`Outbox` is the interface the API and the dispatcher use; :class:`SqliteOutbox`
-implements it on an embedded SQLite database in WAL mode. Accepting a message is a
-``synchronous=FULL`` commit: it is on disk before :meth:`Outbox.add` returns. Claims and
-outcomes are committed without a sync (they survive a crash of the process; after a
-power cut, losing one only repeats a delivery, which at-least-once allows).
-A server database could implement the same few methods.
-
-Delivery state, per (message, subscriber): ``queued`` (due at ``next_attempt_at``),
-``sending`` (claimed by a worker until ``lease_until``; a lease that runs out, because
-its worker died, makes the row due again), ``delivered`` or ``failed``.
+Accepting a message is a ``synchronous=FULL`` commit: it is on disk before
+:meth:`SqliteOutbox.add` returns. Claims and outcomes are committed without a sync (they
+survive a crash of the process; after a power cut, losing one only repeats a delivery,
+which at-least-once allows). Several processes on one host may share the file
+(``notifier serve --workers N``, a ``notifier worker`` beside it); processes on several
+hosts need the PostgreSQL outbox.
 
 All SQLite work happens on one thread per outbox. Concurrent writes are committed
 together: each request waits for the commit that holds its row, and many requests share
@@ -18,287 +14,47 @@ one fsync instead of paying one each.
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import json
 import logging
-import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from notifier.errors import IdempotencyConflict, OutboxUnavailable
+from notifier.outbox.records import (
+    ABANDONED_RESERVATION_SECONDS,
+    Claim,
+    DeliveryRecord,
+    DeliveryState,
+    DeliveryStatus,
+    IdempotencyKey,
+    Lease,
+    MessageRecord,
+    NewMessage,
+    Outcome,
+    Reservation,
+    new_message_id,
+)
 from notifier.signals import OutboundMessage
 
-__all__ = [
-    "DELIVERY_STATUSES",
-    "Claim",
-    "DeliveryRecord",
-    "DeliveryState",
-    "IdempotencyKey",
-    "MessageRecord",
-    "NewMessage",
-    "Outbox",
-    "Outcome",
-    "Reservation",
-    "SqliteOutbox",
-    "new_message_id",
-    "overall_status",
-]
+__all__ = ["SqliteOutbox"]
 
 logger = logging.getLogger("notifier.outbox")
 
-DeliveryStatus = Literal["queued", "sending", "delivered", "failed"]
-DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("queued", "sending", "delivered", "failed")
-
 T = TypeVar("T")
-
-
-def new_message_id() -> str:
-    """A new outbox id: 12 hex digits of milliseconds, then 20 random ones (sortable)."""
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    """A composed message to store."""
-
-    template: str
-    context_hash: str
-    message_id: str
-    sender: str
-    recipients: list[str]
-    data: bytes = field(repr=False)
-    #: The accepting HTTP request's id (``X-Request-ID``), for following it in logs.
-    request_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRecord:
-    """One subscriber's state for one message, as ``GET /v1/messages/<id>`` shows it."""
-
-    subscriber: str
-    status: DeliveryStatus
-    attempts: int
-    last_error: str | None
-    smtp_code: int | None
-    next_attempt_at: float | None
-    updated_at: float
-    detail: dict[str, Any] | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "attempts": self.attempts,
-            "last_error": self.last_error,
-            "smtp_code": self.smtp_code,
-            "next_attempt_at": _iso(self.next_attempt_at) if self.status == "queued" else None,
-            "updated_at": _iso(self.updated_at),
-            **({"detail": self.detail} if self.detail else {}),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class MessageRecord:
-    """A stored message and the state of each of its subscribers."""
-
-    id: str
-    template: str
-    message_id: str
-    sender: str
-    recipients: list[str]
-    created_at: float
-    deliveries: list[DeliveryRecord]
-    request_id: str | None = None
-
-    @property
-    def status(self) -> DeliveryStatus:
-        return overall_status(delivery.status for delivery in self.deliveries)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "template": self.template,
-            "message_id": self.message_id,
-            "status": self.status,
-            "created_at": _iso(self.created_at),
-            "envelope": {"from": self.sender, "to": self.recipients},
-            "request_id": self.request_id,
-            "subscribers": {d.subscriber: d.as_json() for d in self.deliveries},
-        }
-
-
-def overall_status(statuses: Iterable[DeliveryStatus]) -> DeliveryStatus:
-    """A message's status from its subscribers' (pinned in DESIGN.md)."""
-    seen = set(statuses)
-    if not seen or seen == {"delivered"}:
-        return "delivered"
-    if seen <= {"delivered", "failed"}:
-        return "failed"
-    return "sending" if "sending" in seen else "queued"
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryState:
-    """Where one subscriber stands with a claimed message."""
-
-    attempts: int
-    #: What earlier attempts left behind, e.g. ``retry_recipients`` and ``refused``.
-    detail: dict[str, Any] | None
-
-    @property
-    def retry_recipients(self) -> list[str] | None:
-        return self.detail.get("retry_recipients") if self.detail else None
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A message leased to one worker, with the subscribers it still has to reach."""
-
-    message: OutboundMessage
-    subscribers: dict[str, DeliveryState]
-    #: When an operator last retried the message (epoch seconds), if ever: retry limits
-    #: by age count from then.
-    retried_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one attempt of one subscriber ended in."""
-
-    status: Literal["delivered", "failed", "queued"]
-    error: str | None = None
-    smtp_code: int | None = None
-    #: For ``queued``: when to try again (epoch seconds).
-    next_attempt_at: float | None = None
-    detail: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyKey:
-    """An ``Idempotency-Key``, the fingerprint of the request using it, and a token that
-    tells this request's reservation from a later one's (after one was abandoned)."""
-
-    key: str
-    request_hash: str
-    token: str = field(default_factory=lambda: os.urandom(8).hex())
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """What reserving an idempotency key found.
-
-    ``state`` is ``reserved`` (first use: go on and store the message), ``done`` (a
-    finished request: answer ``response`` again), ``in_flight`` (409) or ``mismatch``
-    (the key was used with another request: 422).
-    """
-
-    state: Literal["reserved", "done", "in_flight", "mismatch"]
-    response: dict[str, Any] | None = None
-
 
 #: Finished messages deleted at most per purge.
 _PURGE_BATCH = 1000
 
-#: A reservation whose request never finished (its process died) is given up after this.
-ABANDONED_RESERVATION_SECONDS = 60.0
 
-
-class Outbox(abc.ABC):
-    """Durable storage of accepted messages and their delivery outcomes."""
-
-    @abc.abstractmethod
-    async def open(self) -> None:
-        """Create or migrate the schema; raise :class:`OutboxUnavailable` if unusable."""
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
-
-    @abc.abstractmethod
-    async def add(
-        self,
-        message: NewMessage,
-        *,
-        subscribers: Sequence[str],
-        idempotency_key: IdempotencyKey | None = None,
-        respond: Callable[[MessageRecord], dict[str, Any]] | None = None,
-        lease: tuple[str, float] | None = None,
-    ) -> MessageRecord:
-        """Store ``message`` with a queued delivery per subscriber; durable on return.
-
-        With ``idempotency_key`` (reserved before), the key is marked done with the
-        response ``respond`` builds, in the same transaction as the message. With
-        ``lease`` (owner, seconds) the deliveries are stored already leased to that
-        owner, which delivers them without claiming them first.
-        """
-
-    @abc.abstractmethod
-    async def get(self, message_id: str) -> MessageRecord | None: ...
-
-    @abc.abstractmethod
-    async def reserve(self, key: IdempotencyKey, *, ttl: float) -> Reservation:
-        """Reserve ``key`` for a request, or report why it cannot be (see Reservation)."""
-
-    @abc.abstractmethod
-    async def forget(self, key: IdempotencyKey) -> None:
-        """Drop a reservation whose request failed before storing anything."""
-
-    @abc.abstractmethod
-    async def list_messages(
-        self, *, status: DeliveryStatus, limit: int, before: str | None
-    ) -> list[MessageRecord]:
-        """Messages whose overall status is ``status``, newest first, ids below ``before``."""
-
-    @abc.abstractmethod
-    async def retry(self, message_id: str) -> tuple[MessageRecord, int] | None:
-        """Queue a message's failed deliveries again, now, with a fresh attempt budget.
-
-        Returns the record after the change and how many deliveries were queued again
-        (0 when none had failed: then nothing changes), or None for an unknown id.
-        """
-
-    @abc.abstractmethod
-    async def release_dead(self, is_dead: Callable[[str], bool]) -> int:
-        """Hand back every lease whose owner ``is_dead``; return how many."""
-
-    @abc.abstractmethod
-    async def purge(self, *, retention: float) -> int:
-        """Delete idempotency keys past their expiry, and finished messages accepted more
-        than ``retention`` seconds ago (0: keep them); return how many messages went."""
-
-    @abc.abstractmethod
-    async def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
-        """Lease up to ``limit`` messages whose deliveries are due (or whose lease ran out)."""
-
-    @abc.abstractmethod
-    async def record(self, message_id: str, *, owner: str, outcomes: Mapping[str, Outcome]) -> None:
-        """Store the outcome of each subscriber's attempt and release the lease."""
-
-    @abc.abstractmethod
-    async def release(self, message_id: str, *, owner: str, subscribers: Iterable[str]) -> None:
-        """Give a lease back unfinished (shutting down): due again now, no attempt counted."""
-
-    @abc.abstractmethod
-    async def next_due(self) -> float | None:
-        """Epoch seconds of the next delivery that will become due, or None."""
-
-    @abc.abstractmethod
-    async def stats(self) -> tuple[int, float | None]:
-        """Deliveries queued or being sent, and when the oldest such message was accepted."""
-
-    @abc.abstractmethod
-    async def check(self) -> None:
-        """Raise :class:`OutboxUnavailable` unless the outbox can store messages now."""
-
-
-class SqliteOutbox(Outbox):
+class SqliteOutbox:
     """The outbox in one SQLite file."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
@@ -319,14 +75,19 @@ class SqliteOutbox(Outbox):
             self._migrated = False
             await asyncio.get_running_loop().run_in_executor(None, thread.stop)
 
+    async def describe(self) -> str:
+        version = await (await self._store()).run(
+            lambda db: db.execute("PRAGMA user_version").fetchone()[0], write=False
+        )
+        return f"SQLite outbox {self.path}, schema version {version}"
+
     async def add(
         self,
         message: NewMessage,
         *,
         subscribers: Sequence[str],
         idempotency_key: IdempotencyKey | None = None,
-        respond: Callable[[MessageRecord], dict[str, Any]] | None = None,
-        lease: tuple[str, float] | None = None,
+        lease: Lease | None = None,
     ) -> MessageRecord:
         record_id = new_message_id()
         now = self._clock()
@@ -343,7 +104,6 @@ class SqliteOutbox(Outbox):
             ],
             request_id=message.request_id,
         )
-        response = json.dumps(respond(record)) if respond is not None else None
 
         def insert(db: sqlite3.Connection) -> None:
             db.execute(
@@ -368,18 +128,18 @@ class SqliteOutbox(Outbox):
                     [(record_id, name, now, now) for name in subscribers],
                 )
             else:
-                owner, seconds = lease
+                until = now + lease.seconds
                 db.executemany(
                     "INSERT INTO deliveries (message, subscriber, status, attempts,"
                     " next_attempt_at, lease_owner, lease_until, updated_at)"
                     " VALUES (?, ?, 'sending', 0, ?, ?, ?, ?)",
-                    [(record_id, name, now, owner, now + seconds, now) for name in subscribers],
+                    [(record_id, name, now, lease.owner, until, now) for name in subscribers],
                 )
             if idempotency_key is not None:
                 updated = db.execute(
-                    "UPDATE idempotency_keys SET state = 'done', message = ?, response = ?"
+                    "UPDATE idempotency_keys SET state = 'done', message = ?"
                     " WHERE key = ? AND token = ? AND state = 'pending'",
-                    (record_id, response, idempotency_key.key, idempotency_key.token),
+                    (record_id, idempotency_key.key, idempotency_key.token),
                 ).rowcount
                 if updated != 1:
                     # The reservation was given up as abandoned and taken by another
@@ -394,19 +154,22 @@ class SqliteOutbox(Outbox):
 
         def take(db: sqlite3.Connection) -> Reservation:
             row = db.execute(
-                "SELECT request_hash, state, response, created_at, expires_at"
-                " FROM idempotency_keys WHERE key = ?",
+                "SELECT k.request_hash, k.state, k.created_at, k.expires_at, m.id, m.message_id"
+                " FROM idempotency_keys k LEFT JOIN messages m ON m.id = k.message"
+                " WHERE k.key = ?",
                 (key.key,),
             ).fetchone()
             if row is not None:
-                request_hash, state, response, created_at, expires_at = row
+                request_hash, state, created_at, expires_at, stored_id, message_id = row
                 abandoned = state == "pending" and now - created_at > ABANDONED_RESERVATION_SECONDS
-                if expires_at > now and not abandoned:
+                # A finished key whose message was purged has nothing left to answer with.
+                gone = state == "done" and stored_id is None
+                if expires_at > now and not abandoned and not gone:
                     if request_hash != key.request_hash:
                         return Reservation("mismatch")
                     if state == "pending":
                         return Reservation("in_flight")
-                    return Reservation("done", json.loads(response))
+                    return Reservation("done", id=stored_id, message_id=message_id)
                 db.execute("DELETE FROM idempotency_keys WHERE key = ?", (key.key,))
             db.execute(
                 "INSERT INTO idempotency_keys (key, request_hash, token, state, created_at,"
@@ -478,30 +241,6 @@ class SqliteOutbox(Outbox):
             return None if record is None else (record, len(failed))
 
         return await (await self._store()).run(requeue, write=True, durable=True)
-
-    async def release_dead(self, is_dead: Callable[[str], bool]) -> int:
-        now = self._clock()
-
-        def release(db: sqlite3.Connection) -> int:
-            owners = [
-                row[0]
-                for row in db.execute(
-                    "SELECT DISTINCT lease_owner FROM deliveries WHERE status = 'sending'"
-                )
-            ]
-            released = 0
-            for owner in filter(is_dead, owners):
-                released += db.execute(
-                    # The dead process's attempt was cut off: it counts.
-                    "UPDATE deliveries SET status = 'queued', next_attempt_at = ?,"
-                    " attempts = attempts + 1,"
-                    " lease_owner = NULL, lease_until = NULL, updated_at = ?"
-                    " WHERE status = 'sending' AND lease_owner = ?",
-                    (now, now, owner),
-                ).rowcount
-            return released
-
-        return await (await self._store()).run(release, write=True)
 
     async def purge(self, *, retention: float) -> int:
         now = self._clock()
@@ -598,6 +337,27 @@ class SqliteOutbox(Outbox):
 
         await (await self._store()).run(update, write=True)
 
+    async def renew(self, *, owner: str, message_ids: Collection[str], lease_seconds: float) -> int:
+        if not message_ids:
+            return 0
+        until = self._clock() + lease_seconds
+        ids = list(message_ids)
+
+        def extend(db: sqlite3.Connection) -> int:
+            marks = ",".join("?" * len(ids))  # placeholders only; the ids are parameters
+            return db.execute(
+                f"UPDATE deliveries SET lease_until = ? WHERE status = 'sending'"  # noqa: S608
+                f" AND lease_owner = ? AND message IN ({marks})",
+                [until, owner, *ids],
+            ).rowcount
+
+        return await (await self._store()).run(extend, write=True)
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        # SQLite has no notifications between processes: the dispatcher's polling finds
+        # what other processes stored, and this process wakes its own dispatcher.
+        return
+
     async def release(self, message_id: str, *, owner: str, subscribers: Iterable[str]) -> None:
         now = self._clock()
         names = list(subscribers)
@@ -681,12 +441,6 @@ def _select_record(db: sqlite3.Connection, message_id: str) -> MessageRecord | N
         deliveries=deliveries,
         request_id=row[6],
     )
-
-
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
 # -- schema ---------------------------------------------------------------------------
