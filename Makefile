@@ -10,7 +10,7 @@ PORT   ?= 8000
 CAPTURE_SMTP_PORT ?= 1025
 CAPTURE_HTTP_PORT ?= 8025
 
-.PHONY: run test lint typecheck pytest chromium node bench clean
+.PHONY: run test lint typecheck pytest chromium node postgresql bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "notifier needs Python 3.11 or newer")'
@@ -36,7 +36,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected no tests: that is a failure here, said plainly.
-pytest: $(STAMP) chromium $(JS_STAMP)
+pytest: $(STAMP) chromium postgresql $(JS_STAMP)
 	@$(BIN)/pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$status
@@ -64,6 +64,26 @@ node:
 		else \
 			echo "make test needs Node.js and npm for the mailparser test:" \
 				"run 'sudo apt-get install nodejs npm' (or make test as root)" >&2; \
+			exit 1; \
+		fi; \
+	}
+
+# The PostgreSQL tests use NOTIFIER_TEST_POSTGRES_URL, else a server on 127.0.0.1:5432, else
+# a throwaway cluster they start from Debian's postgresql binaries (tests/postgres.py).
+# Install those binaries when none of the three is there. Only a TCP connect is tried here;
+# whether the server on 5432 lets the tests in is for tests/postgres.py to find out.
+postgresql:
+	@[ -n "$$NOTIFIER_TEST_POSTGRES_URL" ] || \
+	$(PYTHON) -c 'import socket; socket.create_connection(("127.0.0.1", 5432), timeout=2).close()' \
+		2>/dev/null || \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+		else \
+			echo "make test needs PostgreSQL: run 'sudo apt-get install postgresql' (or make" \
+				"test as root), or set NOTIFIER_TEST_POSTGRES_URL to a server the tests may" \
+				"create databases on" >&2; \
 			exit 1; \
 		fi; \
 	}

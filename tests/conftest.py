@@ -1,10 +1,12 @@
 """Fixtures shared by the service's tests: a fresh app per test over a copy of the
-project's templates, and a real ``notifier serve`` process for end-to-end tests."""
+project's templates, a real ``notifier serve`` process for end-to-end tests, and a real
+PostgreSQL database and schema (see tests/postgres.py for where the server comes from)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -17,6 +19,7 @@ from quart.typing import TestClientProtocol as QuartClient
 
 from notifier.app import create_app
 from notifier.settings import Settings
+from tests import postgres
 from tests.servers import ServeProcess
 
 MakeClient = Callable[..., Awaitable[QuartClient]]
@@ -33,6 +36,13 @@ class Clock:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Read once, when pytest loads this file: _no_outside_settings below takes every NOTIFIER_*
+# variable out of each test's environment, and the server is looked for during a test.
+POSTGRES_ENVIRONMENT = {
+    name: os.environ[name] for name in [postgres.URL_VARIABLE] if os.environ.get(name)
+}
+POSTGRES_ORIGIN = pytest.StashKey[str]()
 
 
 @pytest.fixture(autouse=True)
@@ -154,3 +164,34 @@ async def wait_for_status(
 def finished(body: dict[str, Any]) -> bool:
     return body["status"] in ("delivered", "failed")
 
+
+@pytest.fixture(scope="session")
+def postgres_server(pytestconfig: pytest.Config) -> Iterator[postgres.Server]:
+    """The PostgreSQL server of this test run: NOTIFIER_TEST_POSTGRES_URL, else the one on
+    127.0.0.1:5432, else a throwaway cluster, stopped and removed when the run ends. Fails
+    (every test that needs it errors, saying why) when there is none."""
+    with postgres.find_server(POSTGRES_ENVIRONMENT) as server:
+        pytestconfig.stash[POSTGRES_ORIGIN] = server.origin
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_database_url(postgres_server: postgres.Server) -> Iterator[str]:
+    """URL of a database made for this test run alone, dropped when the run ends."""
+    with postgres.fresh_database(postgres_server.url) as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_database_url: str) -> Iterator[str]:
+    """URL of an empty schema made for this test alone in the run's database, dropped
+    after the test. The URL's ``options`` set ``search_path`` to the schema, so every
+    connection made from it creates and finds its tables there."""
+    with postgres.fresh_schema(postgres_database_url) as url:
+        yield url
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    origin = config.stash.get(POSTGRES_ORIGIN, None)
+    if origin is not None:
+        terminalreporter.write_line(f"PostgreSQL for the tests: {origin}")
