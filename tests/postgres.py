@@ -399,6 +399,20 @@ class ThrowawayCluster:
             raise
         raise AssertionError("unreachable: the loop returns or raises")
 
+    def halt(self) -> None:
+        """Shut the server down cleanly, keeping the cluster: :meth:`resume` starts it
+        again on the same port (for tests of what notifier does while it is down)."""
+        stopped = self._run(
+            self.bin_dir / "pg_ctl", "stop", "-D", self.data_dir, "-m", "fast", "-w"
+        )
+        if stopped.returncode != 0:
+            raise PostgresUnavailable(f"the server did not stop:\n{stopped.stderr}")
+
+    def resume(self) -> None:
+        """Start the server of a :meth:`halt`-ed cluster again."""
+        if not self._start_server():
+            raise PostgresUnavailable(f"the server did not start again:\n{self._log_tail()}")
+
     def stop(self) -> None:
         """Stop the server at once (no checkpoint) and remove the cluster's folder."""
         try:

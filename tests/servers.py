@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 _RUNNING_ON = re.compile(rb"Running on http://(?P<host>[^ :]+):(?P<port>\d+)")
+_WORKER_READY = re.compile(rb"worker delivering to")
 START_TIMEOUT = 30.0
 
 
@@ -36,6 +37,20 @@ class ServeProcess:
         # so there is no window in which another process could take it.
         command = [sys.executable, "-m", "notifier", "serve", "--settings", str(settings_file)]
         command += ["--host", "127.0.0.1", "--port", "0", *extra_args]
+        return cls._launch(command, env, _RUNNING_ON)
+
+    @classmethod
+    def start_worker(
+        cls, settings_file: Path, *, env: dict[str, str] | None = None
+    ) -> ServeProcess:
+        """A real ``notifier worker`` process (``url`` is empty: it serves no HTTP)."""
+        command = [sys.executable, "-m", "notifier", "worker", "--settings", str(settings_file)]
+        return cls._launch(command, env, _WORKER_READY)
+
+    @classmethod
+    def _launch(
+        cls, command: list[str], env: dict[str, str] | None, ready: re.Pattern[bytes]
+    ) -> ServeProcess:
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
         child_env.update(env or {})
         # Unbuffered: readline() on the raw pipe reads no further than the line it returns.
@@ -56,9 +71,13 @@ class ServeProcess:
                 if not line:
                     break
                 output.append(line)
-                match = _RUNNING_ON.search(line)
+                match = ready.search(line)
                 if match:
-                    url = f"http://{match['host'].decode()}:{match['port'].decode()}"
+                    url = (
+                        f"http://{match['host'].decode()}:{match['port'].decode()}"
+                        if "host" in ready.groupindex
+                        else ""
+                    )
                     served = cls(process=process, url=url, output=output)
                     # Keep reading the log so a chatty server never blocks on a full pipe.
                     served._drainer = threading.Thread(target=served._drain, daemon=True)
@@ -68,7 +87,7 @@ class ServeProcess:
         process.wait()
         process.stderr.close()
         raise AssertionError(
-            "notifier serve did not start:\n" + b"".join(output).decode(errors="replace")
+            f"{' '.join(command[2:4])} did not start:\n" + b"".join(output).decode(errors="replace")
         )
 
     def _drain(self) -> None:

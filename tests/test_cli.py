@@ -8,6 +8,7 @@ import subprocess
 import sys
 from email import policy
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,3 +121,35 @@ def test_unknown_subscriber_stops_serve_with_one_line(tmp_path: Path) -> None:
     assert "nosuch.module" in error
     assert "Traceback" not in error
     assert error.count("\n") == 1
+
+
+def test_migrate_creates_the_sqlite_schema(settings_file: Path, tmp_path: Path) -> None:
+    result = notifier("migrate", "--settings", str(settings_file))
+    assert result.returncode == 0, result.stderr
+    assert b"SQLite outbox" in result.stdout
+    assert b"schema version 4" in result.stdout
+    assert (tmp_path / "var" / "outbox.sqlite3").is_file()
+
+
+def test_migrate_creates_the_postgres_schema_and_is_idempotent(
+    tmp_path: Path, settings_data: dict[str, Any], postgres_url: str
+) -> None:
+    settings_data["outbox"] = {"url": postgres_url}
+    path = tmp_path / "pg.yml"
+    path.write_text(json.dumps(settings_data))
+    for _ in range(2):
+        result = notifier("migrate", "--settings", str(path))
+        assert result.returncode == 0, result.stderr
+        assert b"PostgreSQL outbox 127.0.0.1:5432/notifier_test_" in result.stdout
+        assert b"schema version 1" in result.stdout
+        assert b"password" not in result.stdout
+
+
+def test_migrate_without_a_database_fails_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "down.yml"
+    path.write_text(json.dumps({"outbox": {"url": "postgresql://u:secret@127.0.0.1:1/db"}}))
+    result = notifier("migrate", "--settings", str(path))
+    assert result.returncode == 2
+    assert b"outbox is unavailable" in result.stderr
+    assert b"secret" not in result.stderr
+    assert b"Traceback" not in result.stderr

@@ -448,7 +448,9 @@ async def test_sqlite_unusable_path_raises_outbox_unavailable(tmp_path: Path) ->
 
 async def test_postgres_that_cannot_be_reached_is_outbox_unavailable() -> None:
     # Nothing listens on port 1; the pool gives up after its timeout.
-    store = PostgresOutbox("postgresql://nobody@127.0.0.1:1/none", pool_size=2)
+    store = PostgresOutbox(
+        "postgresql://nobody@127.0.0.1:1/none", pool_size=2, connection_timeout=0.5
+    )
     with pytest.raises(OutboxUnavailable):
         await store.open()
     with pytest.raises(OutboxUnavailable):

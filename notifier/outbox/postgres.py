@@ -79,10 +79,16 @@ class PostgresOutbox:
     """The outbox in the PostgreSQL database at ``url``."""
 
     def __init__(
-        self, url: str, *, pool_size: int = 10, clock: Callable[[], float] = time.time
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        clock: Callable[[], float] = time.time,
+        connection_timeout: float = CONNECTION_TIMEOUT,
     ) -> None:
         self._url = url
         self._pool_size = pool_size
+        self._timeout = connection_timeout
         self._clock = clock
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._migrated = False
@@ -95,7 +101,7 @@ class PostgresOutbox:
                 self._url,
                 min_size=1,
                 max_size=self._pool_size,
-                timeout=CONNECTION_TIMEOUT,
+                timeout=self._timeout,
                 open=False,
                 name="notifier-outbox",
             )
@@ -447,7 +453,7 @@ class PostgresOutbox:
             # A connection of its own, outside the pool: it waits for notifications for
             # as long as the process runs.
             conn = await psycopg.AsyncConnection.connect(
-                self._url, autocommit=True, connect_timeout=int(CONNECTION_TIMEOUT)
+                self._url, autocommit=True, connect_timeout=max(1, round(self._timeout))
             )
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from None
