@@ -1,7 +1,7 @@
 """The exceptions notifier raises, one base class, each mapped to an HTTP problem.
 
 Every error that reaches a client carries its HTTP ``status``, a problem ``type`` slug
-and a short ``title``; :mod:`notifier.api.problems` turns them into RFC 9457 bodies in
+and a short ``title``; :mod:`notifier.problems` turns them into RFC 9457 bodies in
 one place, so views never build error responses themselves.
 """
 

@@ -5,6 +5,8 @@ Readiness follows the templates, the outbox and the delivery loop. The relay is 
 and reported (``relay``, ``checks.smtp``, ``notifier_relay_up``) but never makes the
 service unready: while it is down, messages are still accepted, stored and delivered once
 it is back, so taking instances out of rotation would only turn a delay into refusals.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,11 @@ from typing import Any
 
 from quart import Blueprint, Response, current_app
 
-from notifier.api.problems import PROBLEM_TYPE_BASE
 from notifier.dispatch import Dispatcher
 from notifier.errors import OutboxUnavailable
 from notifier.metrics import Metrics
 from notifier.outbox import Outbox
-from notifier.problems import problem_response
+from notifier.problems import PROBLEM_TYPE_BASE, problem_response
 from notifier.renderer import Renderer
 from notifier.settings import Settings
 from notifier.subscribers.smtp import relay_address

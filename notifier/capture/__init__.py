@@ -9,11 +9,12 @@
 Importing this package opens nothing.
 """
 
-from notifier.capture.errors import InvalidFault, UnknownFault, UnknownMessage, WaitTimeout
+from notifier.capture.errors import InvalidFault, UnknownFault, WaitTimeout
 from notifier.capture.faults import FaultRule, FaultRules
 from notifier.capture.server import BackgroundCaptureServer, CaptureServer, bind_socket
 from notifier.capture.smtp import DEFAULT_MAX_MESSAGE_SIZE
 from notifier.capture.store import CapturedMessage, MessageStore
+from notifier.errors import UnknownMessage
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",

@@ -1,18 +1,14 @@
-"""Exceptions of the capture server, on notifier's one error base."""
+"""Exceptions of the capture server, on notifier's one error base (an unknown message
+is :class:`notifier.errors.UnknownMessage`, as in the API).
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
+"""
 
 from __future__ import annotations
 
 from notifier.errors import NotifierError
 
-__all__ = ["InvalidFault", "UnknownFault", "UnknownMessage", "WaitTimeout"]
-
-
-class UnknownMessage(NotifierError, LookupError):
-    """No captured message has this id (it never existed or was deleted)."""
-
-    status = 404
-    slug = "unknown-message"
-    title = "Unknown message"
+__all__ = ["InvalidFault", "UnknownFault", "WaitTimeout"]
 
 
 class UnknownFault(NotifierError, LookupError):

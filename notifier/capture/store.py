@@ -14,6 +14,8 @@ across restarts too.
 
 The store is shared between the server's event loop thread and test threads; every
 method is thread-safe.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from email.parser import BytesParser
 from functools import cached_property
 from pathlib import Path
 
-from notifier.capture.errors import UnknownMessage, WaitTimeout
+from notifier.capture.errors import WaitTimeout
+from notifier.errors import UnknownMessage
 
 __all__ = ["CapturedMessage", "MessageStore"]
 

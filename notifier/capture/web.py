@@ -15,6 +15,8 @@ JSON API (every error is ``application/problem+json``):
 
 Pages: ``/`` (the list), ``/messages/<id>`` (one message) and
 ``/messages/<id>/html`` (its HTML body, served with a CSP sandbox for the iframe).
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations
@@ -22,14 +24,13 @@ from __future__ import annotations
 from typing import Any
 
 from quart import Quart, Response, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from notifier.capture.errors import InvalidFault
 from notifier.capture.faults import FaultRules
 from notifier.capture.pages import render_inbox, render_message
 from notifier.capture.store import CapturedMessage, MessageStore
 from notifier.errors import NotifierError, UnsupportedMediaType
-from notifier.problems import problem_response
+from notifier.problems import register_error_handlers
 
 __all__ = ["create_capture_app", "message_detail", "message_summary"]
 
@@ -114,28 +115,7 @@ def create_capture_app(store: MessageStore, faults: FaultRules) -> Quart:
     app.url_map.redirect_defaults = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
 
-    @app.errorhandler(NotifierError)
-    async def notifier_error(error: NotifierError) -> Response:
-        return problem_response(
-            error.status,
-            detail=error.detail,
-            title=error.title,
-            type_=f"urn:notifier:problem:{error.slug}",
-            **error.extra,
-        )
-
-    @app.errorhandler(HTTPException)
-    async def http_error(error: HTTPException) -> Response:
-        status = error.code or 500
-        headers = {}
-        if isinstance(error, MethodNotAllowed) and error.valid_methods:
-            headers["Allow"] = ", ".join(sorted(error.valid_methods))
-        return problem_response(status, detail=error.description or error.name, headers=headers)
-
-    @app.errorhandler(Exception)
-    async def unexpected_error(error: Exception) -> Response:
-        app.logger.exception("unexpected error in the capture HTTP API")
-        return problem_response(500, detail="the capture server hit an unexpected error")
+    register_error_handlers(app, too_large="64 KiB for the JSON API")
 
     # -- JSON API -----------------------------------------------------------------
 
