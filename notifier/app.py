@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -11,17 +14,17 @@ from quart import Quart
 
 from notifier.api import register_blueprints
 from notifier.api.auth import Authenticator
-from notifier.api.problems import register_error_handlers
 from notifier.api.ratelimit import RateLimiter
 from notifier.api.tracing import init_tracing
 from notifier.dispatch import Dispatcher
 from notifier.errors import OutboxUnavailable
 from notifier.metrics import Metrics
 from notifier.outbox import Outbox, open_outbox
+from notifier.problems import register_error_handlers
 from notifier.renderer import Renderer
 from notifier.sending import Sending
 from notifier.settings import Settings, load_settings
-from notifier.subscribers import load_subscribers
+from notifier.subscribers import Subscriber, load_subscribers
 from notifier.subscribers.smtp import relay_address
 
 __all__ = ["create_app"]
@@ -34,15 +37,26 @@ def create_app(
     *,
     outbox: Outbox | None = None,
     deliver: bool | None = None,
+    clock: Callable[[], float] | None = None,
+    rng: Callable[[], float] | None = None,
+    subscribers: Sequence[Subscriber] | None = None,
 ) -> Quart:
     """Build a notifier app.
 
     ``settings`` may be a :class:`Settings`, a mapping validated like the YAML file, or
     None to load ``settings.yml`` / ``NOTIFIER_SETTINGS`` plus ``NOTIFIER_*`` overrides.
-    ``outbox`` replaces the one the settings describe (SQLite at ``outbox.path``, or
-    PostgreSQL at ``outbox.url``). ``deliver`` says whether this process runs a dispatcher
-    (default: ``delivery.in_serve``; ``notifier worker`` passes True). Files, sockets and
-    threads are only opened when the app starts serving.
+    Collaborators can be injected (tests drive retries and expiry with a fake clock this
+    way, instead of waiting):
+
+    - ``outbox`` replaces the one the settings describe (SQLite at ``outbox.path``, or
+      PostgreSQL at ``outbox.url``);
+    - ``clock`` (epoch seconds) is the time of the outbox, the dispatcher and the Date
+      header; ``rng`` (uniform in [0, 1)) the chance of the retry jitter;
+    - ``subscribers`` replaces the ones named in ``settings.subscribers``.
+
+    ``deliver`` says whether this process runs a dispatcher (default:
+    ``delivery.in_serve``; ``notifier worker`` passes True). Files, sockets and threads
+    are only opened when the app starts serving.
     """
     if settings is None:
         settings = load_settings()
@@ -63,12 +77,16 @@ def create_app(
     metrics = Metrics()
     app.extensions["notifier.settings"] = settings
     app.extensions["notifier.metrics"] = metrics
-    renderer = Renderer.from_settings(settings)
+    wall_clock = clock or time.time
+    date_clock = None if clock is None else (lambda: datetime.fromtimestamp(wall_clock(), UTC))
+    renderer = Renderer.from_settings(settings, clock=date_clock)
     app.extensions["notifier.renderer"] = renderer
-    store = outbox if outbox is not None else open_outbox(settings.outbox)
-    subscribers = load_subscribers(
-        settings, on_relay_state=partial(metrics.relay_state, relay_address(settings.smtp))
-    )
+    store = outbox if outbox is not None else open_outbox(settings.outbox, clock=wall_clock)
+    if subscribers is None:
+        subscribers = load_subscribers(
+            settings, on_relay_state=partial(metrics.relay_state, relay_address(settings.smtp))
+        )
+    subscribers = list(subscribers)
     delivering = settings.delivery.in_serve if deliver is None else deliver
     dispatcher = None
     if delivering:
@@ -77,6 +95,8 @@ def create_app(
             store,
             subscribers,
             settings.delivery,
+            clock=wall_clock,
+            rng=rng or random.random,
             metrics=metrics,
             retention=settings.outbox.retention,
             log_addresses=settings.log.include_addresses,
@@ -86,7 +106,7 @@ def create_app(
     app.extensions["notifier.sending"] = Sending(
         renderer=renderer,
         outbox=store,
-        subscribers=settings.subscribers,
+        subscribers=[subscriber.name for subscriber in subscribers],
         idempotency_ttl=settings.idempotency.ttl,
         dispatcher=dispatcher,
         metrics=metrics,
@@ -118,6 +138,6 @@ def create_app(
     Authenticator(settings.auth, limiter=limiter).init_app(app)
     limiter.init_app(app)
     init_tracing(app, metrics)
-    register_error_handlers(app)
+    register_error_handlers(app, too_large="limits.max_body_bytes")
     register_blueprints(app)
     return app

@@ -3,6 +3,8 @@
 Every command reads ``NOTIFIER_SETTINGS`` and the ``NOTIFIER_*`` overrides; ``--settings``
 names the settings file explicitly. Errors are one readable line on stderr and a non-zero
 exit code, never a traceback.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

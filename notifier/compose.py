@@ -17,6 +17,8 @@ Two serialisers produce the bytes:
   (docs/benchmarks.md), so it would dominate every request. Property tests
   (tests/test_compose_properties.py) check that both serialisers give messages that
   parse to the same headers and bodies.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

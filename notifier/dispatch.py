@@ -10,6 +10,8 @@ to it as a relay that starts the subscriber as its own task, so subscribers run 
 side: a slow or failing one never holds the others back. Each subscriber's return or
 exception becomes its recorded outcome, and transient failures are retried with
 exponential backoff and jitter within the ``delivery`` settings.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

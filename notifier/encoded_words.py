@@ -31,6 +31,8 @@ allows in a display name, so the same encoder serves both kinds of field.
 
 The work is linear in the length of the value: one split into words, one UTF-8 encoding,
 and a constant amount of Python-level work per literal word and per encoded-word.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

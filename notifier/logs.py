@@ -4,6 +4,8 @@ Code logs with ``logger.info("event name", extra={"fields": {...}})``; the forma
 writes the fields as members of the JSON line (or ``key=value`` pairs in text). Nothing
 here logs request bodies, headers, tokens or passwords, and callers must not put them in
 ``fields``.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ tests, do not share counters). Served at ``/metrics`` in the text exposition for
 
 With ``--workers N`` each worker process has its own registry and a scrape sees the
 worker that answered it; run one worker per container when exact totals matter.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

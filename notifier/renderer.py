@@ -16,6 +16,8 @@ Processes, not threads: a thread running a slow render holds the GIL in 5 ms tur
 the event loop, which takes it back at every ``await``, was measured answering
 ``/healthz`` in 0.5 s while two such threads ran. The hand-off costs a millisecond or
 so, paid only by work that is slow anyway.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ are reviewed like code.
 A render may also run with a *slice*: a shorter deadline after which it raises
 :class:`SliceExhausted` instead of failing, so that the caller can run it again off the
 event loop (see :mod:`notifier.renderer`).
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 HTTP-free, so that the API's views (and anything else: a CLI, a test) call the same
 code. :meth:`Sending.accept` returns only once the message is committed to the outbox:
 from then on it is delivered even if this process dies.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ and hypercorn has no setting or hook for these answers, so
 ``hypercorn.protocol.h11.H11Protocol._send_error_response``. It runs in each serving
 process when it builds the app (:func:`create_served_app`), never when ``notifier`` is
 imported, and it refuses to start on a hypercorn whose method is not the one it replaces.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

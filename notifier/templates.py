@@ -7,6 +7,8 @@ HTML body rendered with autoescaping; ``<name>.example.json`` (optional) holds s
 Rendering happens in :class:`notifier.sandbox.TemplateSandbox`, which marks every
 printed value so that :mod:`notifier.compose` can tell request data from the template's
 own text, and holds each render to a time and output budget.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ file on one host) and runs the same dispatcher they do: it claims due deliveries
 (``delivery.in_serve: false``) and workers separately. SIGTERM or SIGINT stop it like
 ``serve``: no new claims, ``delivery.shutdown_grace`` seconds for what is in flight,
 then what is left is handed back to the outbox for the other processes.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

@@ -128,15 +128,16 @@ def delivery_settings(settings_data: dict[str, Any], smtp_capture: Any) -> dict[
 
 @pytest.fixture
 async def serving(smtp_capture_factory: Any) -> AsyncIterator[MakeClient]:
-    """Start apps with their serving lifecycle (outbox, dispatcher) for a test.
+    """Start apps with their serving lifecycle (outbox, dispatcher) for a test:
+    ``await serving(settings, subscribers=[...], clock=..., rng=...)``.
 
     Depends on the capture factory so that apps stop (closing their SMTP connections)
     before the capture servers do.
     """
     started: list[Any] = []
 
-    async def start(settings: dict[str, Any]) -> QuartClient:
-        app = create_app(Settings.from_mapping(settings))
+    async def start(settings: dict[str, Any], **collaborators: Any) -> QuartClient:
+        app = create_app(Settings.from_mapping(settings), **collaborators)
         test_app = app.test_app()
         await test_app.startup()
         started.append(test_app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ import pytest
 
 from notifier.capture.server import BackgroundCaptureServer
 from notifier.outbox.sqlite import SqliteOutbox
-from tests.conftest import MakeClient, finished, wait_for_status
+from tests.conftest import Clock, MakeClient, finished, wait_for_status
+from tests.fake_subscribers import Exploding, Holding
 
 
 def _epoch(iso: str) -> float:
@@ -285,16 +287,17 @@ async def test_shutdown_keeps_to_its_grace_even_when_the_dispatcher_is_full(
 ) -> None:
     from notifier.app import create_app
     from notifier.settings import Settings
-    from tests import subscribers_for_tests
+    from notifier.subscribers import Subscriber
 
-    subscribers_for_tests.RELEASE_SLOW.clear()
-    settings_data["subscribers"] = ["tests.subscribers_for_tests:slow"]
     settings_data["delivery"] = {
         "concurrency": 1,
         "shutdown_grace": 0.3,
         "subscriber_timeout": 60,
     }
-    app = create_app(Settings.from_mapping(settings_data))
+    holding = Holding()  # never released: the subscriber does not finish by itself
+    app = create_app(
+        Settings.from_mapping(settings_data), subscribers=[Subscriber("hold", holding)]
+    )
     test_app = app.test_app()
     await test_app.startup()
     client = test_app.test_client()
@@ -302,11 +305,52 @@ async def test_shutdown_keeps_to_its_grace_even_when_the_dispatcher_is_full(
     await client.post("/v1/send/burger_receipt", json=burger_order)  # waits for the slot
     await wait_for_status(client, first.headers["Location"], lambda b: b["status"] == "sending")
     started = time.monotonic()
-    await test_app.shutdown()  # the slow subscriber never finishes by itself
+    await test_app.shutdown()
     assert time.monotonic() - started < 5, "shutdown waited for a free slot, not the grace"
     # The interrupted delivery was handed back, not counted as an attempt.
-    reopened = create_app(Settings.from_mapping({**settings_data, "subscribers": []}))
+    reopened = create_app(Settings.from_mapping(settings_data), subscribers=[])
     async with reopened.test_app() as again:
         status = await (await again.test_client().get(first.headers["Location"])).get_json()
-    assert status["subscribers"]["tests.subscribers_for_tests:slow"]["status"] == "queued"
-    assert status["subscribers"]["tests.subscribers_for_tests:slow"]["attempts"] == 0
+    assert status["subscribers"]["hold"]["status"] == "queued"
+    assert status["subscribers"]["hold"]["attempts"] == 0
+
+
+async def test_backoff_and_max_age_follow_the_injected_clock_and_chance(
+    serving: MakeClient, delivery_settings: dict[str, Any], burger_order: dict[str, Any]
+) -> None:
+    from notifier.outbox import iso_time
+    from notifier.subscribers import Subscriber
+
+    clock = Clock()
+    start = clock.now
+    delivery_settings["delivery"] = {
+        "backoff_initial": 10,
+        "backoff_max": 3600,
+        "max_attempts": 20,
+        "max_age": 100,
+        "subscriber_timeout": 5,
+    }
+    exploding = Exploding()
+    client = await serving(
+        delivery_settings, subscribers=[Subscriber("hook", exploding)], clock=clock, rng=lambda: 0.5
+    )
+    dispatcher = client.app.extensions["notifier.dispatcher"]  # type: ignore[attr-defined]
+    location = (await client.post("/v1/send/burger_receipt", json=burger_order)).headers["Location"]
+
+    def attempts(n: int) -> Callable[[dict[str, Any]], bool]:
+        return lambda body: body["subscribers"]["hook"]["attempts"] == n
+
+    # Each retry waits half its ceiling plus chance (0.5 here) times the other half; the
+    # ceiling doubles from backoff_initial: 7.5 s, 15 s, 30 s, 60 s. No real time passes.
+    for attempt, due_at in [(1, 7.5), (2, 22.5), (3, 52.5), (4, 112.5)]:
+        body = await wait_for_status(client, location, attempts(attempt))
+        hook = body["subscribers"]["hook"]
+        assert hook["status"] == "queued"
+        assert hook["next_attempt_at"] == iso_time(start + due_at)
+        clock.now = start + due_at
+        dispatcher.wake()
+    # Accepted 112.5 s ago, over delivery.max_age: the fifth failure is final.
+    body = await wait_for_status(client, location, finished)
+    assert body["subscribers"]["hook"]["status"] == "failed"
+    assert body["subscribers"]["hook"]["attempts"] == 5
+    assert exploding.calls == 5

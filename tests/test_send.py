@@ -16,22 +16,21 @@ from quart import Quart
 from notifier.app import create_app
 from notifier.errors import SettingsError
 from notifier.settings import Settings
-from notifier.signals import OutboundMessage
-from tests import subscribers_for_tests
+from notifier.subscribers import Subscriber, load_subscribers
 from tests.conftest import MakeClient, finished, wait_for_status
+from tests.fake_subscribers import AsyncRecording, Exploding, Holding, Recording, Refusing
 
 ROOT = Path(__file__).resolve().parent.parent
-T = "tests.subscribers_for_tests"
 ORDER_WITH_COPIES = (
     "Date: {{ date }}\nFrom: {{ from }}\nTo: {{ to }}\nCc: {{ cc }}\nBcc: {{ bcc }}\n"
     "Subject: {{ subject }}\n\nHello {{ name }}\n"
 )
 
 
-@pytest.fixture(autouse=True)
-def _fresh_test_subscribers() -> None:
-    subscribers_for_tests.CALLS.clear()
-    subscribers_for_tests.RELEASE_SLOW.clear()
+def with_smtp(settings: dict[str, Any], *extra: Subscriber) -> list[Subscriber]:
+    """The smtp subscriber the settings describe, then a test's own."""
+    smtp = load_subscribers(Settings.from_mapping({**settings, "subscribers": ["smtp"]}))
+    return [*smtp, *extra]
 
 
 async def test_send_arrives_byte_for_byte_as_rendered_with_the_envelope(
@@ -81,37 +80,43 @@ async def test_status_moves_from_queued_to_delivered(
     burger_order: dict[str, Any],
 ) -> None:
     # Hold delivery back with a subscriber that waits, to see the intermediate state.
-    delivery_settings["subscribers"] = ["smtp", f"{T}:slow"]
-    client = await serving(delivery_settings)
+    holding = Holding()
+    client = await serving(
+        delivery_settings, subscribers=with_smtp(delivery_settings, Subscriber("hold", holding))
+    )
     response = await client.post("/v1/send/burger_receipt", json=burger_order)
     location = response.headers["Location"]
     first = await (await client.get(location)).get_json()
     assert first["status"] in ("queued", "sending")
-    assert set(first["subscribers"]) == {"smtp", f"{T}:slow"}
+    assert set(first["subscribers"]) == {"smtp", "hold"}
     midway = await wait_for_status(
         client, location, lambda b: b["subscribers"]["smtp"]["status"] == "delivered"
     )
     assert midway["status"] == "sending"
-    assert midway["subscribers"][f"{T}:slow"]["status"] == "sending"
-    subscribers_for_tests.RELEASE_SLOW.set()
+    assert midway["subscribers"]["hold"]["status"] == "sending"
+    holding.release()
     done = await wait_for_status(client, location, finished)
     assert done["status"] == "delivered"
     assert done["created_at"].endswith("+00:00")
 
 
-async def test_dotted_path_subscriber_receives_the_documented_arguments(
+async def test_subscribers_receive_the_documented_arguments(
     serving: MakeClient, delivery_settings: dict[str, Any], burger_order: dict[str, Any]
 ) -> None:
-    delivery_settings["subscribers"] = [f"{T}:record", f"{T}:record_async"]
-    client = await serving(delivery_settings)
+    recording, recording_async = Recording(), AsyncRecording()
+    client = await serving(
+        delivery_settings,
+        subscribers=[Subscriber("record", recording), Subscriber("async", recording_async)],
+    )
     response = await client.post("/v1/send/burger_receipt", json=burger_order)
     body = await response.get_json()
     status = await wait_for_status(client, response.headers["Location"], finished)
     assert status["status"] == "delivered"
-    calls = {call["subscriber"]: call for call in subscribers_for_tests.CALLS}
-    assert set(calls) == {"record", "record_async"}
-    message: OutboundMessage = calls["record"]["message"]
-    assert isinstance(calls["record"]["sender"], Quart)
+    assert set(status["subscribers"]) == {"record", "async"}
+    [call] = recording.calls
+    assert len(recording_async.calls) == 1
+    assert isinstance(call.sender, Quart)
+    message = call.message
     assert message.id == body["id"]
     assert message.template == "burger_receipt"
     assert message.message_id == body["message_id"]
@@ -122,20 +127,36 @@ async def test_dotted_path_subscriber_receives_the_documented_arguments(
     assert message.attempt == 1
 
 
+async def test_a_subscriber_named_by_dotted_path_is_loaded_and_called(
+    serving: MakeClient, delivery_settings: dict[str, Any], burger_order: dict[str, Any]
+) -> None:
+    delivery_settings["subscribers"] = ["tests.fake_subscribers:accept"]
+    client = await serving(delivery_settings)
+    response = await client.post("/v1/send/burger_receipt", json=burger_order)
+    status = await wait_for_status(client, response.headers["Location"], finished)
+    assert status["subscribers"] == {
+        "tests.fake_subscribers:accept": status["subscribers"]["tests.fake_subscribers:accept"]
+    }
+    assert status["subscribers"]["tests.fake_subscribers:accept"]["status"] == "delivered"
+
+
 async def test_permanent_failure_is_failed_while_smtp_delivers(
     serving: MakeClient,
     delivery_settings: dict[str, Any],
     smtp_capture: Any,
     burger_order: dict[str, Any],
 ) -> None:
-    delivery_settings["subscribers"] = ["smtp", f"{T}:refuse"]
-    client = await serving(delivery_settings)
+    refusing = Refusing()
+    client = await serving(
+        delivery_settings, subscribers=with_smtp(delivery_settings, Subscriber("sign", refusing))
+    )
     response = await client.post("/v1/send/burger_receipt", json=burger_order)
     status = await wait_for_status(client, response.headers["Location"], finished)
     assert status["status"] == "failed"
-    refused = status["subscribers"][f"{T}:refuse"]
+    refused = status["subscribers"]["sign"]
     assert refused["status"] == "failed"
     assert refused["attempts"] == 1
+    assert refusing.calls == 1
     assert "signing service rejected" in refused["last_error"]
     assert status["subscribers"]["smtp"]["status"] == "delivered"
     assert len(smtp_capture.messages) == 1
@@ -147,11 +168,13 @@ async def test_other_exception_is_recorded_retried_and_never_holds_smtp_back(
     smtp_capture: Any,
     burger_order: dict[str, Any],
 ) -> None:
-    delivery_settings["subscribers"] = ["smtp", f"{T}:explode"]
-    client = await serving(delivery_settings)
+    exploding = Exploding()
+    client = await serving(
+        delivery_settings, subscribers=with_smtp(delivery_settings, Subscriber("hook", exploding))
+    )
     response = await client.post("/v1/send/burger_receipt", json=burger_order)
     status = await wait_for_status(client, response.headers["Location"], finished)
-    exploded = status["subscribers"][f"{T}:explode"]
+    exploded = status["subscribers"]["hook"]
     assert exploded["status"] == "failed"
     assert exploded["attempts"] == 3  # delivery.max_attempts in these settings
     assert exploded["last_error"] == "ConnectionError: webhook endpoint unreachable"
@@ -159,7 +182,7 @@ async def test_other_exception_is_recorded_retried_and_never_holds_smtp_back(
     assert smtp["status"] == "delivered"
     assert smtp["attempts"] == 1, "a retry for another subscriber must not re-send the mail"
     assert len(smtp_capture.messages) == 1
-    assert len([c for c in subscribers_for_tests.CALLS if c["subscriber"] == "explode"]) == 3
+    assert exploding.calls == 3
 
 
 async def test_slow_subscriber_does_not_block_smtp_or_the_api(
@@ -168,14 +191,16 @@ async def test_slow_subscriber_does_not_block_smtp_or_the_api(
     smtp_capture: Any,
     burger_order: dict[str, Any],
 ) -> None:
-    delivery_settings["subscribers"] = [f"{T}:slow", "smtp"]
-    client = await serving(delivery_settings)
+    holding = Holding()
+    client = await serving(
+        delivery_settings, subscribers=[Subscriber("hold", holding), *with_smtp(delivery_settings)]
+    )
     first = await client.post("/v1/send/burger_receipt", json=burger_order)
     second = await client.post("/v1/send/burger_receipt", json=burger_order)
     assert first.status_code == second.status_code == 202
     await smtp_capture.wait_for_async(2, timeout=10)
     assert (await client.get("/healthz")).status_code == 200
-    subscribers_for_tests.RELEASE_SLOW.set()
+    holding.release()
     for response in (first, second):
         status = await wait_for_status(client, response.headers["Location"], finished)
         assert status["status"] == "delivered"
@@ -313,8 +338,8 @@ async def test_outbox_that_cannot_store_is_503_and_nothing_is_sent(
     [
         ("smtpp", "neither a built-in"),
         ("no_such_module_here:send", "cannot import"),
-        (f"{T}:missing", "has no 'missing'"),
-        (f"{T}:not_callable", "not callable"),
+        ("tests.fake_subscribers:missing", "has no 'missing'"),
+        ("tests.fake_subscribers:not_callable", "not callable"),
     ],
 )
 def test_unknown_subscriber_stops_start_up(

@@ -1,4 +1,7 @@
-"""HTTP API v1: one blueprint per area."""
+"""HTTP API v1: one blueprint per area.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@
 ``admin`` covers everything else under ``/v1``. ``/healthz``, ``/readyz``, ``/metrics``
 and the API description need no token. With no tokens configured the API is open (a
 warning is logged when the app starts), which suits local use only.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 ``POST /v1/send/<name>`` (optional ``Idempotency-Key``), ``GET /v1/messages/<id>``,
 ``GET /v1/messages?status=failed`` (paged) and ``POST /v1/messages/<id>/retry``.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

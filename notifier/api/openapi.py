@@ -7,6 +7,8 @@ error responses every operation shares are derived, not repeated, so there is on
 to change each fact. ``tests/test_openapi.py`` fails when a route has no description or
 a description has no route, and a schemathesis run against a live server checks that the
 answers match the document.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

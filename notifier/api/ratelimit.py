@@ -6,6 +6,8 @@ a token's own ``rate_per_minute`` applies to that token whatever the global sett
 
 Buckets live in the process: with ``--workers N`` each worker allows the configured rate,
 so the service as a whole allows up to N times it.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""``POST /v1/render/<name>``: render and compose without sending (a dry run)."""
+"""``POST /v1/render/<name>``: render and compose without sending (a dry run).
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``GET /v1/templates``: the templates on disk and whether each one compiles."""
+"""``GET /v1/templates``: the templates on disk and whether each one compiles.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
+"""
 
 from __future__ import annotations
 

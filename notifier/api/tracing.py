@@ -3,6 +3,8 @@
 A caller's ``X-Request-ID`` (1 to 128 letters, digits, ``.``, ``_`` or ``-``) is kept,
 else one is made; it comes back in the response header, goes into the request's log line
 and is stored with any message the request accepted.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

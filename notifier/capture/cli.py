@@ -1,4 +1,7 @@
-"""``notifier capture``: the capture server as a command, until SIGTERM or Ctrl-C."""
+"""``notifier capture``: the capture server as a command, until SIGTERM or Ctrl-C.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
+"""
 
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ Ask for one either with an address tag, the local part or one of its ``+`` segme
 built with ``address_faults=False``), or with a rule in a :class:`FaultRules` list:
 a case-insensitive glob pattern on the recipient address, an action, and optionally how
 many times it fires (``times=2``: the first two matching attempts fail, later ones pass).
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Everything shown comes from captured mail, i.e. from whoever could connect to the SMTP
 port, so every value is escaped and the HTML body only ever appears inside an iframe
 with an empty ``sandbox`` attribute (no scripts, no forms, unique origin).
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

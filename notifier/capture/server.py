@@ -6,6 +6,8 @@
 
 Both take sockets that are already bound: binding port 0 and reading the port back is
 the only race-free way to get a free port, and aiosmtpd's ``Controller`` cannot do it.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The aiosmtpd handler that stores every message and plays the injected faults."""
+"""The aiosmtpd handler that stores every message and plays the injected faults.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
+"""
 
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ A connection pool (psycopg-pool) per process holds up to ``outbox.pool_size``
 connections. While the database cannot be reached, every operation raises
 :class:`~notifier.errors.OutboxUnavailable` (503 for a send: nothing was accepted), and
 the pool keeps reconnecting in the background.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ hosts need the PostgreSQL outbox.
 All SQLite work happens on one thread per outbox. Concurrent writes are committed
 together: each request waits for the commit that holds its row, and many requests share
 one fsync instead of paying one each.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Settings list them by name: ``smtp`` and ``log`` are built in; anything else is 
 path ``package.module:function`` to a receiver (see :mod:`notifier.signals` for its
 signature). Built-in subscribers that hold resources (the SMTP connection pool) are
 closed with the app.
+
+:class:`Subscriber` is public: pass a list of them to ``create_app(subscribers=...)``.
 """
 
 from __future__ import annotations

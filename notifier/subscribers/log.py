@@ -1,4 +1,7 @@
-"""The ``log`` subscriber: one structured line per message, never the body."""
+"""The ``log`` subscriber: one structured line per message, never the body.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
+"""
 
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ else (4xx, connection refused or dropped, timeout, TLS failure) -> transient.
 Whether the relay answered is reported to ``on_relay_state`` (the ``notifier_relay_up``
 metric): up when a connection is made or a transaction completes, down when connecting
 fails.
+
+Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
 from __future__ import annotations
