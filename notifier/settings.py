@@ -1,10 +1,14 @@
 """Settings: ``settings.yml`` (or ``NOTIFIER_SETTINGS``) plus ``NOTIFIER_*`` overrides.
 
 Precedence, lowest first: the defaults embedded in :class:`Settings`, the YAML file,
-then ``NOTIFIER_<SECTION>__<KEY>`` environment variables. An override whose value parses
-as JSON is taken as JSON (``NOTIFIER_SMTP__PORT=2525`` is an int), anything else as a
-string. Unknown keys and wrong types raise :class:`~notifier.errors.SettingsError` with a
-one-line message naming the key, so start-up stops before anything is served.
+then ``NOTIFIER_<SECTION>__<KEY>`` environment variables, read by pydantic-settings'
+YAML and environment sources. A list, mapping or section given in one variable is JSON
+(``NOTIFIER_SUBSCRIBERS='["smtp"]'``); any other value is text that pydantic converts as
+the setting's type says (``NOTIFIER_SMTP__PORT=2525`` is an int), and text settings
+take it as it is (a password ``12345678`` or ``null`` stays that string). Unknown keys,
+``NOTIFIER_*`` variables that name no setting, and wrong types raise
+:class:`~notifier.errors.SettingsError` with a one-line message naming the key, so
+start-up stops before anything is served; secrets are never echoed.
 
 Relative paths (templates dir, outbox path, CA file) resolve against the folder of the
 settings file; with no file they resolve against the working directory.
@@ -13,12 +17,10 @@ settings file; with no file they resolve against the working directory.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,6 +32,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+from pydantic_settings import SettingsError as SourceError
 
 from notifier.errors import SettingsError
 
@@ -56,6 +65,8 @@ SETTINGS_ENV = "NOTIFIER_SETTINGS"
 ENV_PREFIX = "NOTIFIER_"
 #: The file used when ``NOTIFIER_SETTINGS`` is unset and it exists in the working dir.
 DEFAULT_SETTINGS_FILE = "settings.yml"
+#: Variables of the test suite (``NOTIFIER_TEST_POSTGRES_URL``), not settings.
+TEST_ENV_PREFIX = "NOTIFIER_TEST_"
 
 
 def _is_loopback(host: str) -> bool:
@@ -222,8 +233,16 @@ class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
     """Every setting notifier reads, with its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
 
     templates: TemplatesSettings = TemplatesSettings()
     smtp: SmtpSettings = SmtpSettings()
@@ -277,75 +296,81 @@ def load_settings(
     chosen = path if path is not None else env.get(SETTINGS_ENV)
     if chosen is None and Path(DEFAULT_SETTINGS_FILE).is_file():
         chosen = DEFAULT_SETTINGS_FILE
+    _refuse_unknown_variables(env)
     data: dict[str, Any] = {}
     base_dir = Path.cwd()
-    if chosen is not None:
-        settings_file = Path(chosen)
-        data = _read_yaml(settings_file)
-        base_dir = settings_file.resolve().parent
-    _apply_overrides(data, env)
-    return Settings.from_mapping(data, base_dir=base_dir)
+    try:
+        if chosen is not None:
+            settings_file = Path(chosen)
+            data = _read_yaml(settings_file)
+            base_dir = settings_file.resolve().parent
+        overrides = _EnvironmentSource(Settings, env)()
+    except SourceError as exc:
+        # pydantic-settings names the field it could not read from the environment.
+        raise SettingsError(f"settings: {str(exc).splitlines()[0]}") from None
+    return Settings.from_mapping(_merged(data, overrides), base_dir=base_dir)
+
+
+class _EnvironmentSource(EnvSettingsSource):
+    """pydantic-settings' environment source, over a given mapping instead of
+    ``os.environ`` (the command line and tests pass their own)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        # Read in __init__ by the base class, through _load_env_vars: set it first.
+        self._environ = {key.lower(): value for key, value in environ.items()}
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return self._environ
 
 
 def _read_yaml(settings_file: Path) -> dict[str, Any]:
+    # The YAML source skips a file that does not exist: a named file that cannot be read
+    # is an error here, said in one line.
+    if not os.access(settings_file, os.R_OK) or not settings_file.is_file():
+        raise SettingsError(f"cannot read settings file {settings_file}")
     try:
-        text = settings_file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SettingsError(f"cannot read settings file {settings_file}: {exc.strerror}") from None
-    try:
-        loaded = yaml.safe_load(text)
+        loaded: Any = YamlConfigSettingsSource(Settings, yaml_file=settings_file)()
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
         raise SettingsError(f"settings file {settings_file}{line} is not valid YAML") from None
-    if loaded is None:
-        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"cannot read settings file {settings_file}: {exc}") from None
+    except (ValueError, TypeError):
+        loaded = None  # a top-level list or scalar: the source cannot merge it
     if not isinstance(loaded, dict):
         raise SettingsError(f"settings file {settings_file} must hold a mapping at the top level")
     return loaded
 
 
-def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
+def _refuse_unknown_variables(env: Mapping[str, str]) -> None:
+    """A ``NOTIFIER_*`` variable that names no setting is a typo or a stale override; the
+    environment source would pass over it in silence."""
+    sections = {name.lower() for name in Settings.model_fields}
     for variable in sorted(env):
-        if not variable.startswith(ENV_PREFIX) or variable == SETTINGS_ENV:
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper == SETTINGS_ENV:
             continue
-        keys = variable[len(ENV_PREFIX) :].lower().split("__")
+        if upper.startswith(TEST_ENV_PREFIX):
+            continue
+        keys = upper[len(ENV_PREFIX) :].lower().split("__")
         if not all(keys):
             raise SettingsError(f"{variable}: malformed override name")
-        target = data
-        for key in keys[:-1]:
-            section = target.setdefault(key, {})
-            if not isinstance(section, dict):
-                raise SettingsError(f"{variable}: {key} is not a section")
-            target = section
-        raw = env[variable]
-        # A text setting takes the variable as it is: JSON parsing would turn a
-        # password like 12345678 into a number, or "null" into no password at all.
-        target[keys[-1]] = raw if _is_text_setting(keys) else _parse_override(raw)
+        if keys[0] not in sections:
+            raise SettingsError(f"settings: unknown key {'.'.join(keys)!r} (from {variable})")
 
 
-def _is_text_setting(keys: list[str]) -> bool:
-    model: type[BaseModel] = Settings
-    for key in keys:
-        field = next((f for name, f in model.model_fields.items() if key in (name, f.alias)), None)
-        if field is None:
-            return False  # unknown: validation names it
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-            continue
-        # Optional[X] is a union: look at its members. list[str] is not text.
-        is_union = get_origin(annotation) in (Union, UnionType)
-        parts = set(get_args(annotation)) if is_union else {annotation}
-        return bool(parts & {str, SecretStr, Path})
-    return False
-
-
-def _parse_override(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
+def _merged(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` on top, section by section."""
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            merged[key] = _merged(current, value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _describe_validation_error(exc: ValidationError) -> str:

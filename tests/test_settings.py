@@ -164,3 +164,33 @@ def test_login_in_the_clear_to_a_remote_relay_is_refused(
     else:
         with pytest.raises(SettingsError, match="allow_plaintext_auth"):
             Settings.from_mapping({"smtp": smtp})
+
+
+@pytest.mark.parametrize("variable", ["NOTIFIER_SMPT__HOST", "NOTIFIER_SUBSCRIBER", "NOTIFIER_X"])
+def test_a_notifier_variable_that_names_no_setting_stops_start_up(variable: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        load_settings(None, environ={variable: "value"})
+
+
+def test_booleans_numbers_and_lists_from_the_environment() -> None:
+    settings = load_settings(
+        None,
+        environ={
+            "NOTIFIER_DELIVERY__IN_SERVE": "false",
+            "NOTIFIER_LIMITS__RENDER_TIMEOUT": "0.5",
+            "NOTIFIER_LIMITS__ALLOWED_SENDERS": '["@example.com"]',
+            "NOTIFIER_OUTBOX__URL": "postgresql://u:p@db:5432/notifier",
+            "NOTIFIER_TEST_POSTGRES_URL": "postgresql://the-test-suite-s-own",
+        },
+    )
+    assert settings.delivery.in_serve is False
+    assert settings.limits.render_timeout == 0.5
+    assert settings.limits.allowed_senders == ["@example.com"]
+    assert settings.outbox.url is not None
+    assert "u:p@" not in repr(settings)
+
+
+def test_a_list_that_is_not_json_names_the_setting() -> None:
+    with pytest.raises(SettingsError, match="subscribers") as caught:
+        load_settings(None, environ={"NOTIFIER_SUBSCRIBERS": "smtp,log"})
+    assert "\n" not in str(caught.value)
