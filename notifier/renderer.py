@@ -6,7 +6,7 @@ runs in a pool of render processes, so that it never stalls the loop (and with i
 ``/healthz`` and every other request):
 
 * a context larger than :data:`LOOP_CONTEXT_BYTES` goes to the pool at once;
-* a render still running after :data:`LOOP_SLICE_SECONDS` stops and runs again in the
+* a render that has used :data:`LOOP_SLICE_SECONDS` of CPU time stops and runs again in the
   pool with the whole ``limits.render_timeout``, and renders of that template go
   straight to the pool for a while after;
 * a message whose header block or body is large enough that the email package could
@@ -15,7 +15,8 @@ runs in a pool of render processes, so that it never stalls the loop (and with i
 Processes, not threads: a thread running a slow render holds the GIL in 5 ms turns, and
 the event loop, which takes it back at every ``await``, was measured answering
 ``/healthz`` in 0.5 s while two such threads ran. The hand-off costs a millisecond or
-so, paid only by work that is slow anyway.
+so, paid only by work that is slow anyway. (A ``--workers N`` serve worker is daemonic
+and may not start processes: it uses render threads instead.)
 
 Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import multiprocessing
 import os
 import time
@@ -47,7 +49,9 @@ from notifier.templates import RenderedTemplate, TemplateStore
 
 __all__ = ["LOOP_SLICE_SECONDS", "Renderer"]
 
-#: How long a render may run on the event loop before it moves to the pool.
+logger = logging.getLogger("notifier.render")
+
+#: CPU seconds a render may use on the event loop before it moves to the pool.
 LOOP_SLICE_SECONDS = 0.02
 #: Request contexts larger than this (JSON bytes) are rendered in the pool at once.
 LOOP_CONTEXT_BYTES = 64 * 1024
@@ -104,8 +108,8 @@ class Renderer:
         self.max_header_bytes = max_header_bytes
         self.max_header_block_bytes = max_header_block_bytes
         self._render_processes = render_processes
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._pool_starting: asyncio.Future[concurrent.futures.ProcessPoolExecutor] | None = None
+        self._pool: concurrent.futures.Executor | None = None
+        self._pool_starting: asyncio.Future[concurrent.futures.Executor] | None = None
         self._in_pool = 0
         #: Template name -> time.monotonic() when a render of it last ran past its slice.
         self._slow_templates: dict[str, float] = {}
@@ -227,7 +231,16 @@ class Renderer:
             # is dropped if it has not started, and otherwise ends within its budget.
             self._in_pool -= 1
 
-    def _start_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+    def _start_pool(self) -> concurrent.futures.Executor:
+        if multiprocessing.current_process().daemon:
+            # Under `notifier serve --workers N` each worker is a daemonic process, and
+            # those may not start processes of their own: slow renders run in threads
+            # then, which keeps the loop free but shares its GIL (docs/templates.md).
+            logger.warning(
+                "slow renders run in threads: this process (a serve worker) cannot start"
+                " render processes"
+            )
+            return _ThreadRenderPool(self, self._render_processes)
         context = multiprocessing.get_context("forkserver")
         # Each render process is forked from a server that has imported this module
         # already: it starts in milliseconds, not after importing notifier again.
@@ -257,6 +270,22 @@ class Renderer:
             max_header_bytes=self.max_header_bytes,
             max_header_block_bytes=self.max_header_block_bytes,
         )
+
+
+class _ThreadRenderPool(concurrent.futures.ThreadPoolExecutor):
+    """Render threads standing in for render processes: the tasks meant for a render
+    process's own renderer run on this process's."""
+
+    def __init__(self, renderer: Renderer, threads: int) -> None:
+        super().__init__(threads, thread_name_prefix="notifier-render")
+        self._renderer = renderer
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        own: dict[Callable[..., Any], Callable[..., Any]] = {
+            _render_in_worker: self._renderer.render,
+            _compose_in_worker: self._renderer.compose,
+        }
+        return super().submit(own.get(fn, fn), *args, **kwargs)
 
 
 # -- inside a render process ---------------------------------------------------------

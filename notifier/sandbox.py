@@ -23,9 +23,11 @@ they run. The budgets stop mistakes and request data that makes a template do
 unbounded work; they do not make a deliberately hostile template safe, so templates
 are reviewed like code.
 
-A render may also run with a *slice*: a shorter deadline after which it raises
+A render may also run with a *slice*: a little CPU time after which it raises
 :class:`SliceExhausted` instead of failing, so that the caller can run it again off the
-event loop (see :mod:`notifier.renderer`).
+event loop (see :mod:`notifier.renderer`). The slice counts the thread's CPU time, not
+the wall clock: on a busy machine a quick render that the system paused for a moment is
+not mistaken for a slow one.
 
 Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
@@ -107,7 +109,7 @@ class RenderBudget:
 class RenderState:
     """One render in progress: its markers and what is left of its budget."""
 
-    __slots__ = ("cr", "deadline", "end", "lf", "limit", "max_output", "output", "start")
+    __slots__ = ("cr", "deadline", "end", "lf", "max_output", "output", "slice_end", "start")
 
     def __init__(self, budget: RenderBudget, *, slice_seconds: float | None) -> None:
         nonce = os.urandom(6).hex()
@@ -117,16 +119,16 @@ class RenderState:
         self.lf = LF_MARK + nonce
         now = time.perf_counter()
         self.deadline = now + budget.seconds
-        #: The earlier of the deadline and the end of the slice: the one time compared.
-        self.limit = min(self.deadline, now + slice_seconds) if slice_seconds else self.deadline
+        #: In this thread's CPU time (time.thread_time), or None without a slice.
+        self.slice_end = time.thread_time() + slice_seconds if slice_seconds else None
         self.max_output = budget.max_output
         self.output = 0
 
     def check(self) -> None:
         """Raise when the time budget (or the slice) is used up."""
-        if time.perf_counter() > self.limit:
-            if self.limit < self.deadline:
-                raise SliceExhausted
+        if self.slice_end is not None and time.thread_time() > self.slice_end:
+            raise SliceExhausted
+        if time.perf_counter() > self.deadline:
             raise RenderBudgetExceeded(
                 "the template did not finish within limits.render_timeout", budget="time"
             )

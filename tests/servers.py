@@ -124,6 +124,16 @@ class ServeProcess:
         if self.process.stderr is not None and not self.process.stderr.closed:
             self.process.stderr.close()
 
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        # Stopped in any case; a non-zero exit is a failure only when nothing else failed
+        # first, so that it never hides the error that ended the block.
+        code = self.stop()
+        if exc_type is None:
+            assert code == 0, f"exited with {code}:\n{self.log_text()[-2000:]}"
+
     def stop(self, timeout: float = 15.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

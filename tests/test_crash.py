@@ -128,19 +128,15 @@ async def test_sigterm_under_load_exits_0_and_loses_nothing(
     with pytest.raises(httpx.ConnectError):
         httpx.post(f"{server.url}/v1/send/burger_receipt", json=ORDER, timeout=5)
     # Whatever was accepted and not yet delivered goes out after the next start.
-    restarted = ServeProcess.start(crash_settings)
-    try:
+    with ServeProcess.start(crash_settings):
         seen = await asyncio.to_thread(wait_until_all_arrive, smtp_capture, accepted)
-    finally:
-        assert restarted.stop() == 0
     assert max(seen.values()) == 1, "a graceful stop must not cause duplicates"
 
 
 async def test_concurrent_requests_with_one_idempotency_key_make_one_message(
     crash_settings: Path, smtp_capture: Any
 ) -> None:
-    server = ServeProcess.start(crash_settings)
-    try:
+    with ServeProcess.start(crash_settings) as server:
         headers = {"Idempotency-Key": "checkout-7f3a"}
         limits = httpx.Limits(max_connections=200)
         async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as http:
@@ -169,15 +165,12 @@ async def test_concurrent_requests_with_one_idempotency_key_make_one_message(
         assert json.loads(next(iter(bodies)))["message_id"] == str(message.message["Message-ID"])
         with pytest.raises(TimeoutError):
             smtp_capture.wait_for(2, timeout=1.0)
-    finally:
-        assert server.stop() == 0
 
 
 async def test_two_workers_deliver_each_of_1000_messages_exactly_once(
     crash_settings: Path, smtp_capture: Any
 ) -> None:
-    server = ServeProcess.start(crash_settings, "--workers", "2")
-    try:
+    with ServeProcess.start(crash_settings, "--workers", "2") as server:
         accepted: list[str] = []
         limits = httpx.Limits(max_connections=16)
         async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as http:
@@ -196,8 +189,6 @@ async def test_two_workers_deliver_each_of_1000_messages_exactly_once(
         assert len(accepted) == 1000
         assert set(seen) == set(accepted)
         assert max(seen.values()) == 1, "a message was delivered twice"
-    finally:
-        assert server.stop() == 0
 
 
 async def test_an_attempt_cut_off_by_a_crash_is_counted(
@@ -233,14 +224,10 @@ async def test_an_attempt_cut_off_by_a_crash_is_counted(
         server.kill()
         silent.close()
 
-    restarted = ServeProcess.start(working)
-    try:
-        with restarted.client() as http:
-            deadline = time.monotonic() + 30
-            while (body := http.get(location).json())["status"] != "delivered":
-                assert time.monotonic() < deadline, f"never delivered: {body}"
-                await asyncio.sleep(0.05)
-    finally:
-        assert restarted.stop() == 0
+    with ServeProcess.start(working) as restarted, restarted.client() as http:
+        deadline = time.monotonic() + 30
+        while (body := http.get(location).json())["status"] != "delivered":
+            assert time.monotonic() < deadline, f"never delivered: {body}"
+            await asyncio.sleep(0.05)
     # The attempt the crash cut off, and the one that delivered.
     assert body["subscribers"]["smtp"]["attempts"] == 2

@@ -420,28 +420,24 @@ async def test_logs_are_json_with_request_ids_and_never_secrets(
     order = json.loads(
         (Path(__file__).parent.parent / "templates" / "burger_receipt.example.json").read_text()
     )
-    server = ServeProcess.start(settings_file)
-    try:
-        with server.client() as http:
-            sent = http.post(
-                "/v1/send/burger_receipt",
-                json=order,
-                headers={**bearer(canary_token), "X-Request-ID": "req-42.a_b"},
-            )
-            assert sent.status_code == 202
-            assert sent.headers["X-Request-ID"] == "req-42.a_b"
-            denied = http.get("/v1/templates", headers=bearer(canary_wrong))
-            assert denied.status_code == 401
-            generated = denied.headers["X-Request-ID"]
-            assert re.fullmatch(r"[0-9a-f]{24}", generated)
+    with ServeProcess.start(settings_file) as server, server.client() as http:
+        sent = http.post(
+            "/v1/send/burger_receipt",
+            json=order,
+            headers={**bearer(canary_token), "X-Request-ID": "req-42.a_b"},
+        )
+        assert sent.status_code == 202
+        assert sent.headers["X-Request-ID"] == "req-42.a_b"
+        denied = http.get("/v1/templates", headers=bearer(canary_wrong))
+        assert denied.status_code == 401
+        generated = denied.headers["X-Request-ID"]
+        assert re.fullmatch(r"[0-9a-f]{24}", generated)
+        status = http.get(sent.headers["Location"], headers=bearer(canary_token)).json()
+        assert status["request_id"] == "req-42.a_b"
+        deadline = time.monotonic() + 10
+        while status["status"] not in ("delivered", "failed") and time.monotonic() < deadline:
             status = http.get(sent.headers["Location"], headers=bearer(canary_token)).json()
-            assert status["request_id"] == "req-42.a_b"
-            deadline = time.monotonic() + 10
-            while status["status"] not in ("delivered", "failed") and time.monotonic() < deadline:
-                status = http.get(sent.headers["Location"], headers=bearer(canary_token)).json()
-            assert status["subscribers"]["smtp"]["status"] == "failed"
-    finally:
-        assert server.stop() == 0
+        assert status["subscribers"]["smtp"]["status"] == "failed"
     output = server.log_text()
     for secret in (canary_token, canary_password, canary_wrong):
         assert secret not in output

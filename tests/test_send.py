@@ -27,6 +27,16 @@ ORDER_WITH_COPIES = (
 )
 
 
+async def stored_messages(client: Any) -> list[dict[str, Any]]:
+    """Every message in the outbox, whatever its status."""
+    found: list[dict[str, Any]] = []
+    for status in ("queued", "sending", "delivered", "failed"):
+        response = await client.get(f"/v1/messages?status={status}&limit=500")
+        assert response.status_code == 200, await response.get_data(as_text=True)
+        found += (await response.get_json())["messages"]
+    return found
+
+
 def with_smtp(settings: dict[str, Any], *extra: Subscriber) -> list[Subscriber]:
     """The smtp subscriber the settings describe, then a test's own."""
     smtp = load_subscribers(Settings.from_mapping({**settings, "subscribers": ["smtp"]}))
@@ -310,6 +320,7 @@ async def test_send_render_errors_are_422_and_nothing_is_stored(
     response = await client.post("/v1/send/burger_receipt", json=burger_order)
     assert response.status_code == 422
     assert (await response.get_json())["variable"] == "name"
+    assert await stored_messages(client) == []
     assert smtp_capture.messages == []
 
 
@@ -331,6 +342,9 @@ async def test_outbox_that_cannot_store_is_503_and_nothing_is_sent(
     # The dispatcher polls on its own; give it a few rounds and check nothing went out.
     with pytest.raises(TimeoutError):
         await smtp_capture.wait_for_async(1, timeout=1.5)
+    # Once the outbox can be opened, it holds nothing: the refused message was not stored.
+    blocker.unlink()
+    assert await stored_messages(client) == []
 
 
 @pytest.mark.parametrize(
