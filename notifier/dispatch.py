@@ -68,15 +68,25 @@ class DeliveryRound:
     """One message going out to the subscribers that are due for it.
 
     Passed to the relays through ``message_ready`` (keyword ``delivery_round``); each
-    relay whose subscriber is due starts it with :meth:`start`.
+    relay whose subscriber is due starts it with :meth:`start`. Each subscriber runs as
+    one task that also records its outcome as soon as it has one (``finish``), so a slow
+    subscriber never holds another's outcome back.
     """
 
-    def __init__(self, claim: Claim, timeout: float) -> None:
+    def __init__(
+        self,
+        claim: Claim,
+        timeout: float,
+        finish: Callable[[DeliveryRound, str, Any], Awaitable[None]],
+    ) -> None:
         self.claim = claim
         self._timeout = timeout
-        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._finish = finish
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         #: perf_counter() when each subscriber was started, for its duration.
         self.started_at: dict[str, float] = {}
+        #: Subscribers whose outcome is stored.
+        self.recorded: set[str] = set()
 
     def is_due(self, name: str) -> bool:
         return name in self.claim.subscribers and name not in self._tasks
@@ -89,13 +99,20 @@ class DeliveryRound:
 
     def start(self, name: str, call: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         self.started_at[name] = time.perf_counter()
-        self._tasks[name] = asyncio.create_task(
-            asyncio.wait_for(call(), self._timeout), name=f"deliver {name}"
-        )
+        self._tasks[name] = asyncio.create_task(self._attempt(name, call), name=f"deliver {name}")
+
+    async def _attempt(self, name: str, call: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        # asyncio.timeout, not wait_for: wait_for would run the call in a task of its own.
+        try:
+            async with asyncio.timeout(self._timeout):
+                result: Any = await call()
+        except Exception as exc:  # the subscriber's exception is its outcome
+            result = exc
+        await self._finish(self, name, result)
 
     @property
-    def started(self) -> dict[str, asyncio.Task[Any]]:
-        return dict(self._tasks)
+    def started(self) -> list[asyncio.Task[None]]:
+        return list(self._tasks.values())
 
     def not_started(self) -> list[str]:
         """Due subscribers no relay started: no longer configured under that name."""
@@ -145,6 +162,11 @@ class Dispatcher:
         self._relays: dict[str, Callable[..., Awaitable[None]]] = {}
         self._stopping = False
         self._reserved = 0
+        #: Subscribers whose own line records a delivery (the log subscriber): a second
+        #: line saying the same would only double the log.
+        self._self_logging = {
+            s.name for s in subscribers if getattr(s.receiver, "logs_each_message", False)
+        }
 
     @property
     def lease_seconds(self) -> float:
@@ -196,7 +218,7 @@ class Dispatcher:
         return self._settings.concurrency - len(self._deliveries) - self._reserved
 
     def _start(self, claim: Claim) -> None:
-        delivery_round = DeliveryRound(claim, self._settings.subscriber_timeout)
+        delivery_round = DeliveryRound(claim, self._settings.subscriber_timeout, self._record)
         task = asyncio.create_task(self._deliver(delivery_round))
         self._deliveries[task] = delivery_round
         task.add_done_callback(self._deliveries.pop)
@@ -321,7 +343,6 @@ class Dispatcher:
 
     async def _deliver(self, delivery_round: DeliveryRound) -> None:
         message = delivery_round.claim.message
-        recorded: set[str] = set()
         try:
             try:
                 await message_ready.send_async(
@@ -340,34 +361,21 @@ class Dispatcher:
                 if relay is not None:
                     await relay(self._app, message=message, delivery_round=delivery_round)
             missing = PermanentFailure("no subscriber with this name is configured")
-            finishing = [
-                self._finish(delivery_round, name, task, recorded)
-                for name, task in delivery_round.started.items()
-            ] + [
-                self._record(delivery_round, name, missing, recorded)
-                for name in delivery_round.not_started()
-            ]
-            await asyncio.gather(*finishing)
+            for name in delivery_round.not_started():
+                await self._record(delivery_round, name, missing)
+            # Each subscriber's task records its own outcome; wait for all of them.
+            await asyncio.gather(*delivery_round.started)
         except asyncio.CancelledError:
             delivery_round.cancel()
+            recorded = delivery_round.recorded
             unfinished = [name for name in delivery_round.claim.subscribers if name not in recorded]
             await self._release(message.id, unfinished)
             raise
 
-    async def _finish(
-        self, delivery_round: DeliveryRound, name: str, task: asyncio.Task[Any], recorded: set[str]
-    ) -> None:
-        # Each outcome is stored as soon as its subscriber is done, so a delivered email
-        # is on record (and never sent again) even if a slower subscriber is still busy
-        # when the process dies.
-        await asyncio.wait([task])
-        if task.cancelled():
-            return
-        await self._record(delivery_round, name, task.exception() or task.result(), recorded)
-
-    async def _record(
-        self, delivery_round: DeliveryRound, name: str, result: Any, recorded: set[str]
-    ) -> None:
+    async def _record(self, delivery_round: DeliveryRound, name: str, result: Any) -> None:
+        """Store one subscriber's outcome (each as soon as it is known: a delivered email
+        is on record, and never sent again, even if a slower subscriber is still busy
+        when the process dies)."""
         claim = delivery_round.claim
         state = claim.subscribers[name]
         outcome = self._outcome(claim, state, result)
@@ -377,7 +385,7 @@ class Dispatcher:
         except OutboxUnavailable as exc:
             # The lease runs out and the message is delivered again: at-least-once.
             logger.error("cannot record the outcome of message %s: %s", message.id, exc.detail)
-        recorded.add(name)
+        delivery_round.recorded.add(name)
         self._observe(delivery_round, name, state.attempts + 1, outcome)
 
     def _observe(
@@ -394,8 +402,14 @@ class Dispatcher:
         error = outcome.error
         if error and not self._log_addresses:
             error = _ADDRESS.sub("<address>", error)
+        if outcome.status != "delivered":
+            level = logging.WARNING
+        else:
+            level = logging.DEBUG if name in self._self_logging else logging.INFO
+        if not logger.isEnabledFor(level):
+            return
         logger.log(
-            logging.INFO if outcome.status == "delivered" else logging.WARNING,
+            level,
             "delivery attempt",
             extra=fields(
                 id=message.id,

@@ -249,6 +249,25 @@ async def test_record_outcomes_and_overall_status(outbox: Outbox, clock: Clock) 
     assert claim.subscribers["hook"].attempts == 1
 
 
+async def test_outcomes_recorded_at_the_same_moment_are_all_stored(outbox: Outbox) -> None:
+    records = [await outbox.add(new_message(n), subscribers=["smtp", "log"]) for n in range(40)]
+    await outbox.claim(owner="a", limit=100, lease_seconds=60)
+    # Recorded in one turn of the event loop: written together, each caller answered.
+    await asyncio.gather(
+        *(outbox.record(r.id, owner="a", outcomes={"smtp": Outcome("delivered")}) for r in records),
+        *(
+            outbox.record(r.id, owner="a", outcomes={"log": Outcome("failed", error=str(n))})
+            for n, r in enumerate(records)
+        ),
+    )
+    for n, record in enumerate(records):
+        stored = await outbox.get(record.id)
+        assert stored is not None
+        by_name = {d.subscriber: d for d in stored.deliveries}
+        assert by_name["smtp"].status == "delivered"
+        assert by_name["log"].last_error == str(n)
+
+
 async def test_a_process_that_lost_its_lease_does_not_overwrite(
     outbox: Outbox, clock: Clock
 ) -> None:

@@ -32,6 +32,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -41,6 +42,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from notifier.errors import IdempotencyConflict, OutboxUnavailable
+from notifier.outbox.batching import Batcher
 from notifier.outbox.records import (
     ABANDONED_RESERVATION_SECONDS,
     Claim,
@@ -94,6 +96,8 @@ class PostgresOutbox:
         self._clock = clock
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._migrated = False
+        # Outcomes recorded in the same turn of the event loop share one transaction.
+        self._records: Batcher[list[dict[str, Any]]] = Batcher(self._write_records)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -402,20 +406,25 @@ class PostgresOutbox:
 
     async def record(self, message_id: str, *, owner: str, outcomes: Mapping[str, Outcome]) -> None:
         now = self._clock()
-        rows = [
-            {
-                "status": outcome.status,
-                "error": outcome.error,
-                "code": outcome.smtp_code,
-                "next": outcome.next_attempt_at if outcome.status == "queued" else now,
-                "detail": Jsonb(outcome.detail) if outcome.detail else None,
-                "now": now,
-                "message": message_id,
-                "subscriber": subscriber,
-                "owner": owner,
-            }
-            for subscriber, outcome in outcomes.items()
-        ]
+        await self._records.add(
+            [
+                {
+                    "status": outcome.status,
+                    "error": outcome.error,
+                    "code": outcome.smtp_code,
+                    "next": outcome.next_attempt_at if outcome.status == "queued" else now,
+                    "detail": Jsonb(outcome.detail) if outcome.detail else None,
+                    "now": now,
+                    "message": message_id,
+                    "subscriber": subscriber,
+                    "owner": owner,
+                }
+                for subscriber, outcome in outcomes.items()
+            ]
+        )
+
+    async def _write_records(self, batches: list[list[dict[str, Any]]]) -> None:
+        rows = [row for batch in batches for row in batch]
         async with self._transaction() as conn, conn.cursor() as cursor:
             # Only the process holding the lease records: if it ran out and another took
             # the delivery over, that one's outcome is the one kept.

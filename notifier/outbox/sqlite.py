@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from notifier.errors import IdempotencyConflict, OutboxUnavailable
+from notifier.outbox.batching import Batcher
 from notifier.outbox.records import (
     ABANDONED_RESERVATION_SECONDS,
     Claim,
@@ -64,6 +65,8 @@ class SqliteOutbox:
         self._clock = clock
         self._thread: _StoreThread | None = None
         self._migrated = False
+        # Outcomes recorded in the same turn of the event loop share one job.
+        self._records: Batcher[list[tuple[Any, ...]]] = Batcher(self._write_records)
 
     async def open(self) -> None:
         if self._thread is None:
@@ -314,28 +317,36 @@ class SqliteOutbox:
 
     async def record(self, message_id: str, *, owner: str, outcomes: Mapping[str, Outcome]) -> None:
         now = self._clock()
+        await self._records.add(
+            [
+                (
+                    outcome.status,
+                    outcome.error,
+                    outcome.smtp_code,
+                    outcome.next_attempt_at if outcome.status == "queued" else now,
+                    json.dumps(outcome.detail) if outcome.detail else None,
+                    now,
+                    message_id,
+                    subscriber,
+                    owner,
+                )
+                for subscriber, outcome in outcomes.items()
+            ]
+        )
+
+    async def _write_records(self, batches: list[list[tuple[Any, ...]]]) -> None:
+        rows = [row for batch in batches for row in batch]
 
         def update(db: sqlite3.Connection) -> None:
-            for subscriber, outcome in outcomes.items():
-                # Only the worker holding the lease records: if it ran out and another
-                # worker took the message over, that worker's outcome is the one kept.
-                db.execute(
-                    "UPDATE deliveries SET status = ?, attempts = attempts + 1,"
-                    " last_error = ?, smtp_code = ?, next_attempt_at = ?, detail = ?,"
-                    " lease_owner = NULL, lease_until = NULL, updated_at = ?"
-                    " WHERE message = ? AND subscriber = ? AND lease_owner = ?",
-                    (
-                        outcome.status,
-                        outcome.error,
-                        outcome.smtp_code,
-                        outcome.next_attempt_at if outcome.status == "queued" else now,
-                        json.dumps(outcome.detail) if outcome.detail else None,
-                        now,
-                        message_id,
-                        subscriber,
-                        owner,
-                    ),
-                )
+            # Only the worker holding the lease records: if it ran out and another worker
+            # took the message over, that worker's outcome is the one kept.
+            db.executemany(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                " last_error = ?, smtp_code = ?, next_attempt_at = ?, detail = ?,"
+                " lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE message = ? AND subscriber = ? AND lease_owner = ?",
+                rows,
+            )
 
         await (await self._store()).run(update, write=True)
 
