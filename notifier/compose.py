@@ -13,8 +13,8 @@ Two serialisers produce the bytes:
   keep every space, which the email package's own folder does not);
 * a fast path writes the common case directly: every header ASCII and short enough not to
   need folding, a plain ASCII body with lines within 998 octets, no HTML part. Measured,
-  the ``email`` package costs about 20 times a cached Jinja render of the burger receipt
-  (docs/benchmarks.md), so it would dominate every request. Property tests
+  the ``email`` package costs many times a cached Jinja render of the burger receipt
+  (figures in docs/benchmarks.md), so it would dominate every request. Property tests
   (tests/test_compose_properties.py) check that both serialisers give messages that
   parse to the same headers and bodies.
 

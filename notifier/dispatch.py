@@ -209,8 +209,9 @@ class Dispatcher:
         """Deliver a message stored leased to this dispatcher (see :meth:`reserve`)."""
         self._reserved -= 1
         if self._stopping:
-            # Too late to start: the lease is released at the next start (this process
-            # is gone by then) and the message delivered.
+            # Too late to start, and nothing hands it back: its lease runs out, and the
+            # next claim by any process (another one, or this service started again)
+            # takes it over and delivers it.
             return
         self._start(claim)
 
@@ -225,7 +226,8 @@ class Dispatcher:
 
     async def stop(self, *, grace: float) -> None:
         """Stop claiming; give in-flight deliveries ``grace`` seconds, then cancel them
-        and hand their leases back so the next start delivers them at once."""
+        and hand what they had not finished back to the outbox: due at once for any
+        process sharing it (woken where the backend can), with no attempt counted."""
         self._stopping = True
         self._wake.set()
         if self._loop_task is not None:

@@ -98,14 +98,15 @@ class TemplateError(NotifierError, ValueError):
 
 class RenderBudgetExceeded(TemplateError):
     """A render ran out of time or output (``limits.render_timeout``,
-    ``limits.max_rendered_bytes``); ``budget`` says which."""
+    ``limits.max_rendered_chars``); ``budget`` says which."""
 
     slug = "render-budget-exceeded"
     title = "The template exceeded its render budget"
 
 
 class RenderCapacityExhausted(NotifierError):
-    """Every render thread is busy and the queue is full: try again shortly (503)."""
+    """Too many slow renders are already waiting for a render process (8 per process,
+    ``limits.render_processes``): try again shortly (503, ``Retry-After: 1``)."""
 
     status = 503
     slug = "render-capacity-exhausted"

@@ -209,7 +209,7 @@ class DeliverySettings(_Section):
     #: Messages delivered at the same time by one process.
     concurrency: int = Field(32, ge=1)
     #: Seconds in-flight deliveries get to finish on shutdown before they are handed
-    #: back to the outbox (and delivered after the next start).
+    #: back to the outbox, due at once for any process that shares it (or the next start).
     shutdown_grace: float = Field(10.0, ge=0)
     #: Seconds a claimed delivery stays leased to its process without a renewal. The
     #: process renews it every third of that while the delivery runs, so a process that

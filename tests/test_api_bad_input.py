@@ -1,5 +1,5 @@
-"""Every bad input gets the problem+json status DESIGN.md gives it, never a 500, an extra
-header or an extra recipient."""
+"""Every bad input gets the problem+json status the pinned HTTP API (docs/api.md) gives
+it, never a 500, an extra header or an extra recipient."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The notifier command: render, check, and start-up errors, as real processes."""
+"""The notifier command: render, check, migrate, and start-up errors, as real processes."""
 
 from __future__ import annotations
 

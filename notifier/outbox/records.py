@@ -117,7 +117,8 @@ class MessageRecord:
 
 
 def overall_status(statuses: Iterable[DeliveryStatus]) -> DeliveryStatus:
-    """A message's status from its subscribers' (pinned in DESIGN.md)."""
+    """A message's status from its subscribers', as the HTTP API shows it (the rules:
+    docs/delivery.md, Statuses)."""
     seen = set(statuses)
     if not seen or seen == {"delivered"}:
         return "delivered"

@@ -2,8 +2,9 @@
 
 Connections are pooled (``smtp.pool_size``) and reused across messages; one that failed
 mid-transaction is dropped, and one that sat idle is checked with NOOP before reuse.
-``smtp.timeout`` bounds the whole delivery of a message (waiting for a connection,
-connecting, TLS, login, MAIL, RCPT, DATA), not each socket operation alone.
+``smtp.timeout`` bounds the whole delivery of a message once a pool slot is free
+(checking or opening the connection, TLS, login, MAIL, RCPT, DATA), not each socket
+operation alone; waiting for a slot counts only against ``delivery.subscriber_timeout``.
 
 Outcomes: every recipient accepted -> delivered; 5xx for the message or for every
 recipient -> :class:`PermanentFailure`; some recipients refused ->
