@@ -41,10 +41,11 @@ from notifier.outbox import (
 from notifier.renderer import Renderer
 from notifier.signals import OutboundMessage
 
-__all__ = ["Accepted", "Sending", "context_hash"]
+__all__ = ["IDEMPOTENCY_KEY_PATTERN", "Accepted", "Sending", "context_hash"]
 
 #: Idempotency-Key: 1 to 255 visible ASCII characters (spaces allowed inside).
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
+IDEMPOTENCY_KEY_PATTERN = r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 def context_hash(context: Mapping[str, Any]) -> str:

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import logging
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 from quart import Quart, g, request
 
@@ -22,14 +22,35 @@ from notifier.api.ratelimit import Rate, RateLimiter, client_network
 from notifier.errors import Forbidden, Unauthorized
 from notifier.settings import AuthSettings
 
-__all__ = ["FAILED_AUTHENTICATION_RATE", "SEND_ENDPOINTS", "Authenticator"]
+__all__ = [
+    "API_PREFIX",
+    "FAILED_AUTHENTICATION_RATE",
+    "SEND_ENDPOINTS",
+    "Authenticator",
+    "Scope",
+    "required_scope",
+]
 
 logger = logging.getLogger("notifier.auth")
+
+Scope = Literal["send", "admin"]
+
+#: Paths under this prefix need a token (when tokens are configured) and count against
+#: the caller's rate limit (``notifier.api.ratelimit``).
+API_PREFIX = "/v1/"
 
 #: Endpoints the ``send`` scope opens; every other ``/v1`` endpoint needs ``admin``.
 SEND_ENDPOINTS = frozenset(
     {"render.render_message", "messages.send_message", "messages.get_message"}
 )
+
+
+def required_scope(path: str, endpoint: str) -> Scope | None:
+    """The scope a route needs when tokens are configured; None: it needs no token."""
+    if not path.startswith(API_PREFIX):
+        return None
+    return "send" if endpoint in SEND_ENDPOINTS else "admin"
+
 
 #: Failed authentications allowed per client address while the global rate limit is off
 #: (the default): guessing tokens still runs into 429, and a caller with a valid token
@@ -77,15 +98,15 @@ class Authenticator:
 
     async def check(self) -> None:
         g.token_name = None
-        if self.open or not request.path.startswith("/v1/"):
+        if self.open or not request.path.startswith(API_PREFIX):
             return
         token = self._authenticate(request.headers.get("Authorization", ""))
         g.token_name = token.name
         rule = request.url_rule
         if rule is None:
             return  # unknown path: routing answers 404/405 to an authenticated caller
-        needed = "send" if rule.endpoint in SEND_ENDPOINTS else "admin"
-        if needed not in token.scopes and "admin" not in token.scopes:
+        needed = required_scope(request.path, rule.endpoint)
+        if needed is not None and needed not in token.scopes and "admin" not in token.scopes:
             raise Forbidden(
                 f"token {token.name!r} lacks the {needed!r} scope for this request",
                 scope=needed,
