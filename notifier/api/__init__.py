@@ -9,7 +9,7 @@ from quart import Quart
 
 from notifier.api.health import health
 from notifier.api.messages import messages
-from notifier.api.openapi import openapi
+from notifier.api.openapi import init_openapi
 from notifier.api.render import render
 from notifier.api.templates import templates
 
@@ -21,4 +21,4 @@ def register_blueprints(app: Quart) -> None:
     app.register_blueprint(render)
     app.register_blueprint(messages)
     app.register_blueprint(templates)
-    app.register_blueprint(openapi)
+    init_openapi(app)

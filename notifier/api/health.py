@@ -15,15 +15,19 @@ import asyncio
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import RootModel
+from pydantic.json_schema import SkipJsonSchema
 from quart import Blueprint, Response, current_app
+from quart_schema import document_response, tag_blueprint
 
+from notifier.api.openapi import Problem, Shape, absent, document_media
 from notifier.dispatch import Dispatcher
 from notifier.errors import OutboxUnavailable
 from notifier.metrics import Metrics
 from notifier.outbox import Outbox
-from notifier.problems import PROBLEM_TYPE_BASE, problem_response
+from notifier.problems import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, problem_response
 from notifier.renderer import Renderer
 from notifier.settings import Settings
 from notifier.subscribers.smtp import relay_address
@@ -31,6 +35,7 @@ from notifier.subscribers.smtp import relay_address
 __all__ = ["health"]
 
 health = Blueprint("health", __name__)
+tag_blueprint(health, ["operations"])
 
 #: Seconds a readiness check may take for the relay.
 RELAY_CHECK_TIMEOUT = 2.0
@@ -41,13 +46,64 @@ RELAY_DOWN_NOTE = (
 )
 
 
+class Health(Shape):
+    """Alive."""
+
+    status: Literal["ok"]
+
+
+class Checks(RootModel[dict[str, str]]):
+    """Each check (`templates`, `outbox`, `dispatcher`, and `smtp` when smtp is a
+    subscriber): `ok`, or why it failed. Only `templates`, `outbox` and `dispatcher` decide
+    readiness; `smtp` is reported, see `relay`."""
+
+
+class RelayState(RootModel[Literal["up", "down"]]):
+    """Whether the SMTP relay accepts a connection and greets with 220 (present when smtp
+    is a subscriber). A relay that is down does not make the service unready: messages are
+    accepted and delivered when it is back. Also exported as the metric
+    `notifier_relay_up`."""
+
+
+class _RelayReport(Shape):
+    relay: RelayState | SkipJsonSchema[None] = absent()
+    note: str | SkipJsonSchema[None] = absent(
+        description="Present when the relay is down: what that means for senders."
+    )
+
+
+class Readiness(_RelayReport):
+    """Ready; `relay` says whether the SMTP relay answers."""
+
+    status: Literal["ready"]
+    checks: Checks
+
+
+class NotReady(Problem, _RelayReport):
+    """Not ready: a problem whose `checks` says which check failed and why."""
+
+    checks: Checks
+
+
+class MetricsText(RootModel[str]):
+    """Prometheus metrics in the text exposition format."""
+
+
 @health.get("/healthz")
+@document_response(Health)
 async def healthz() -> dict[str, Any]:
+    """Liveness: 200 while the process serves."""
     return {"status": "ok"}
 
 
 @health.get("/readyz")
+@document_response(Readiness)
+@document_media(NotReady, PROBLEM_CONTENT_TYPE, 503)
 async def readyz() -> Response:
+    """Readiness: templates load, the outbox is writable, the delivery loop runs.
+
+    The relay's state is reported, not required.
+    """
     settings: Settings = current_app.extensions["notifier.settings"]
     renderer: Renderer = current_app.extensions["notifier.renderer"]
     outbox: Outbox = current_app.extensions["notifier.outbox"]
@@ -81,7 +137,9 @@ async def readyz() -> Response:
 
 
 @health.get("/metrics")
+@document_media(MetricsText, "text/plain")
 async def metrics() -> Response:
+    """Prometheus metrics in the text exposition format."""
     registry: Metrics = current_app.extensions["notifier.metrics"]
     outbox: Outbox = current_app.extensions["notifier.outbox"]
     try:

@@ -9,15 +9,27 @@ Internal to notifier: not part of its public API (see :mod:`notifier`).
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
 
+from pydantic import Field, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 from quart import Blueprint, Response, current_app, g, request
+from quart_schema import (
+    document_headers,
+    document_querystring,
+    document_request,
+    document_response,
+    tag,
+)
 
-from notifier.api.render import read_json_object
+from notifier.api.openapi import Shape, absent, document_problems
+from notifier.api.render import Context, Envelope, TemplateName, read_json_object
 from notifier.api.tracing import request_id
 from notifier.errors import InvalidQuery, UnknownMessage
-from notifier.outbox import DELIVERY_STATUSES, Outbox
-from notifier.sending import Accepted, Sending
+from notifier.outbox import DELIVERY_STATUSES, DeliveryStatus, Outbox
+from notifier.sending import IDEMPOTENCY_KEY_PATTERN, Sending
+from notifier.sending import Accepted as Acceptance
 
 __all__ = ["messages"]
 
@@ -26,8 +38,97 @@ messages = Blueprint("messages", __name__, url_prefix="/v1")
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 
+MessageId = Annotated[str, Field(min_length=1, description="The `id` a send returned.")]
 
-def _accepted(accepted: Accepted) -> Response:
+
+#: Constraints on the type, not on the field: pydantic leaves a field's ``pattern`` out
+#: of the schema when its type is a union with ``SkipJsonSchema[None]``.
+IdempotencyKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=255, pattern=f"^{IDEMPOTENCY_KEY_PATTERN}$"),
+]
+
+
+class SendHeaders(Shape):
+    idempotency_key: IdempotencyKey | SkipJsonSchema[None] = absent(
+        alias="Idempotency-Key",
+        description="1 to 255 visible ASCII characters (spaces allowed inside).",
+    )
+
+
+class Accepted(Shape):
+    """Accepted and durably stored."""
+
+    #: Where a client (or schemathesis's stateful phase) goes next with the new id.
+    links: ClassVar[dict[str, Any]] = {
+        name: {"operationId": operation, "parameters": {"message_id": "$response.body#/id"}}
+        for name, operation in (("GetMessage", "getMessage"), ("RetryMessage", "retryMessage"))
+    }
+
+    id: str
+    message_id: str
+    status: Literal["queued"]
+
+
+class Located(Shape):
+    location: str = Field(
+        alias="Location", description="`/v1/messages/<id>`: where the message's status is."
+    )
+
+
+class AcceptedHeaders(Located):
+    idempotent_replayed: Literal["true"] | SkipJsonSchema[None] = absent(
+        alias="Idempotent-Replayed",
+        description="Present when this is the stored first response to an earlier request "
+        "with the same Idempotency-Key.",
+    )
+
+
+class Delivery(Shape):
+    """One subscriber's delivery of a message."""
+
+    status: DeliveryStatus
+    attempts: int = Field(ge=0)
+    last_error: str | None
+    smtp_code: int | None
+    next_attempt_at: datetime | None
+    updated_at: datetime | None
+    detail: dict[str, Any] | SkipJsonSchema[None] = absent(
+        description="What earlier attempts left behind, e.g. refused recipients."
+    )
+
+
+class Message(Shape):
+    """A message's status, overall and per subscriber."""
+
+    id: str
+    template: str
+    message_id: str
+    status: DeliveryStatus
+    created_at: datetime
+    envelope: Envelope
+    request_id: str | None = Field(description="The `X-Request-ID` of the request that sent it.")
+    subscribers: dict[str, Delivery] = Field(
+        description="Keyed by each subscriber's name as written in settings."
+    )
+
+
+class MessageQuery(Shape):
+    status: DeliveryStatus = Field(description="The messages' overall status.")
+    limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_PAGE, description="Page size.")
+    before: str | SkipJsonSchema[None] = absent(
+        description="Start after this message id (from `next`)."
+    )
+
+
+class MessagePage(Shape):
+    """One page of messages, newest first."""
+
+    messages: list[Message]
+    next: str | None = Field(description="URL of the next page, or null.")
+
+
+def _accepted(accepted: Acceptance) -> Response:
     body = {"id": accepted.id, "message_id": accepted.message_id, "status": "queued"}
     response = Response(json.dumps(body), status=202, content_type="application/json")
     response.headers["Location"] = f"/v1/messages/{accepted.id}"
@@ -37,7 +138,17 @@ def _accepted(accepted: Accepted) -> Response:
 
 
 @messages.post("/send/<name>")
-async def send_message(name: str) -> Response:
+@tag(["messages"])
+@document_request(Context)
+@document_headers(SendHeaders)
+@document_response(Accepted, 202, AcceptedHeaders)
+@document_problems(404, 409, 422, 503)
+async def send_message(name: TemplateName) -> Response:
+    """Render, compose and durably queue a message for every subscriber.
+
+    202 only once the message is committed to the outbox. The same `Idempotency-Key` with
+    the same template and body returns the first response.
+    """
     sending: Sending = current_app.extensions["notifier.sending"]
     context, size = await read_json_object()
     accepted = await sending.accept(
@@ -52,7 +163,11 @@ async def send_message(name: str) -> Response:
 
 
 @messages.get("/messages/<message_id>")
-async def get_message(message_id: str) -> dict[str, Any]:
+@tag(["messages"])
+@document_response(Message)
+@document_problems(404)
+async def get_message(message_id: MessageId) -> dict[str, Any]:
+    """A message's status, overall and per subscriber."""
     outbox: Outbox = current_app.extensions["notifier.outbox"]
     record = await outbox.get(message_id)
     if record is None:
@@ -61,7 +176,12 @@ async def get_message(message_id: str) -> dict[str, Any]:
 
 
 @messages.get("/messages")
+@tag(["operators"])
+@document_querystring(MessageQuery)
+@document_response(MessagePage)
+@document_problems(400)
 async def list_messages() -> dict[str, Any]:
+    """Messages with a given status, newest first, in pages."""
     outbox: Outbox = current_app.extensions["notifier.outbox"]
     status = request.args.get("status")
     if status not in DELIVERY_STATUSES:
@@ -86,7 +206,14 @@ async def list_messages() -> dict[str, Any]:
 
 
 @messages.post("/messages/<message_id>/retry")
-async def retry_message(message_id: str) -> Response:
+@tag(["operators"])
+@document_response(Message, 202, Located)
+@document_problems(404, 409)
+async def retry_message(message_id: MessageId) -> Response:
+    """Queue a message's failed deliveries again with a fresh attempt budget.
+
+    Delivered subscribers are not called again. 409 when nothing failed.
+    """
     sending: Sending = current_app.extensions["notifier.sending"]
     record = await sending.retry(message_id)
     response = Response(json.dumps(record.as_json()), status=202, content_type="application/json")

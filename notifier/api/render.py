@@ -1,5 +1,8 @@
 """``POST /v1/render/<name>``: render and compose without sending (a dry run).
 
+The models here (and next to the other views) give the shapes of requests and answers
+to the OpenAPI document (:mod:`notifier.api.openapi`); they validate nothing.
+
 Internal to notifier: not part of its public API (see :mod:`notifier`).
 """
 
@@ -8,18 +11,77 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import ConfigDict, Field, RootModel
 from quart import Blueprint, Response, current_app, request
+from quart_schema import document_request, document_response, tag_blueprint
 
+from notifier.api.openapi import Shape, document_media, document_problems
 from notifier.compose import ComposedMessage, message_view
 from notifier.errors import BadRequestBody, UnsupportedMediaType
 from notifier.metrics import Metrics
 from notifier.renderer import Renderer
+from notifier.templates import NAME_PATTERN
 
-__all__ = ["read_json_object", "render", "render_timed"]
+__all__ = ["Context", "Envelope", "TemplateName", "read_json_object", "render", "render_timed"]
 
 render = Blueprint("render", __name__, url_prefix="/v1")
+tag_blueprint(render, ["messages"])
+
+TemplateName = Annotated[
+    str,
+    Field(
+        pattern=f"^{NAME_PATTERN.pattern}$",
+        description="A template name (`templates/<name>.j2`).",
+        examples=["burger_receipt"],
+    ),
+]
+
+
+class Context(RootModel[dict[str, Any]]):
+    """The template context (`application/json` or any `+json` type): any JSON object.
+    A variable the template uses but the object lacks is a 422 naming it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "to": "bob@example.com",
+                    "from": "shopping@example-shop.com",
+                    "subject": "Your Burger order",
+                    "name": "Bob",
+                    "items": [
+                        {"name": "Cheeseburger", "price": 4.5},
+                        {"name": "Fries", "price": 2.0},
+                        {"name": "Root Beer", "price": 3.0},
+                    ],
+                }
+            ]
+        }
+    )
+
+
+class Envelope(Shape):
+    """The SMTP envelope: sender and every recipient (To, Cc and Bcc)."""
+
+    sender: str = Field(alias="from")
+    to: list[str]
+
+
+class RawMessage(RootModel[str]):
+    """The exact RFC 5322 bytes that would be sent (ASCII, CRLF line ends)."""
+
+
+class RenderedMessage(Shape):
+    """The composed message; as JSON (`Accept: application/json`), read back from its
+    bytes."""
+
+    headers: dict[str, str]
+    text: str
+    html: str | None
+    raw: str = Field(description="The exact RFC 5322 bytes (ASCII, CRLF).")
+    envelope: Envelope
 
 
 async def read_json_object() -> tuple[dict[str, Any], int]:
@@ -94,7 +156,16 @@ def _refuse_constant(name: str) -> Any:
 
 
 @render.post("/render/<name>")
-async def render_message(name: str) -> Response:
+@document_request(Context)
+@document_response(RenderedMessage)
+@document_media(RawMessage, "message/rfc822")
+@document_problems(404, 422, 503)
+async def render_message(name: TemplateName) -> Response:
+    """Render and compose a message without sending it (a dry run).
+
+    200 with the exact bytes that would be sent. With `Accept: application/json`, a JSON
+    view read back from those bytes.
+    """
     renderer: Renderer = current_app.extensions["notifier.renderer"]
     context, size = await read_json_object()
     composed = await render_timed(renderer, name, context, context_bytes=size)
