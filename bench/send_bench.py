@@ -1,0 +1,171 @@
+"""``POST /v1/send`` against ``POST /v1/render`` on one notifier server whose outbox is
+PostgreSQL, and the same on one whose outbox is SQLite, in one run.
+
+Usage: ``.venv/bin/python bench/send_bench.py [--seconds 2] [--rounds 3] [--connections 16]
+[--no-sqlite]``
+
+Each server is a ``notifier serve`` process set up as a default deployment
+(``notifier_servers.deployment_settings``): it delivers what it accepts itself, to the
+``log`` subscriber, and logs JSON lines to a file. A load generator in this process keeps
+``--connections`` keep-alive connections busy with the burger order (``http_bench``'s).
+The four candidates (each server, each endpoint) take turns round after round. A send's
+deliveries run during its own measurement, as in production; the backlog the server
+reports (``GET /metrics``) the moment the clock stops shows whether they kept up, and the
+next candidate starts only once it is empty. The database is one of the benchmark's own
+(``postgres_server``), dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import http_bench  # type: ignore[import-not-found]
+import postgres_server  # type: ignore[import-not-found]
+from cpu_meter import CpuMeter, CpuShare  # type: ignore[import-not-found]
+from notifier_servers import (  # type: ignore[import-not-found]
+    NotifierServer,
+    deployment_settings,
+    serving,
+)
+
+ENDPOINTS = {"render": "/v1/render/burger_receipt", "send": "/v1/send/burger_receipt"}
+TARGET = 0.8  # POST /v1/send on PostgreSQL, x POST /v1/render on the same server
+
+
+@dataclass(frozen=True)
+class Measurement:
+    rate: float
+    #: Deliveries queued or being sent when the clock stopped.
+    backlog: int
+    #: Seconds until the outbox was empty after that.
+    drain: float
+    cpu: CpuShare | None
+
+
+async def measure(
+    server: NotifierServer, endpoint: str, seconds: float, connections: int, meter: CpuMeter
+) -> Measurement:
+    meter.start()
+    rate = await http_bench.measure(server.port, ENDPOINTS[endpoint], seconds, connections)
+    cpu = meter.stop()
+    backlog = await asyncio.to_thread(server.backlog)
+    drain = await server.drain()
+    return Measurement(rate, backlog, drain, cpu)
+
+
+async def drive(servers: dict[str, NotifierServer], args: argparse.Namespace) -> int:
+    meter = CpuMeter({name: server.pid for name, server in servers.items()})
+    candidates = [(name, endpoint) for name in servers for endpoint in ENDPOINTS]
+    for name, endpoint in candidates:  # warm up: templates, caches, the connection pool
+        await http_bench.wait_until_serving(servers[name].port)
+        await measure(servers[name], endpoint, 0.5, args.connections, meter)
+    results: dict[tuple[str, str], list[Measurement]] = {c: [] for c in candidates}
+    for round_index in range(args.rounds):
+        shift = round_index % len(candidates)
+        for name, endpoint in candidates[shift:] + candidates[:shift]:
+            results[name, endpoint].append(
+                await measure(servers[name], endpoint, args.seconds, args.connections, meter)
+            )
+    report(servers, results, args)
+    return 0
+
+
+def report(
+    servers: dict[str, NotifierServer],
+    results: dict[tuple[str, str], list[Measurement]],
+    args: argparse.Namespace,
+) -> None:
+    print(
+        f"{args.connections} connections, {args.rounds} rounds of {args.seconds:g} s per"
+        " candidate; CPU columns are per request"
+    )
+    print(
+        f"{'outbox':10} {'endpoint':7} {'median req/s':>12} {'x render':>8} {'backlog left':>12}"
+        f" {'drain s':>7} {'notifier µs':>11} {'PostgreSQL µs':>13} {'load gen µs':>11}"
+        f" {'busy':>5}"
+    )
+    ratios: dict[str, list[float]] = {}
+    for name in servers:
+        ratios[name] = [
+            send.rate / render.rate
+            for send, render in zip(results[name, "send"], results[name, "render"], strict=True)
+        ]
+        for endpoint in ENDPOINTS:
+            runs = results[name, endpoint]
+            ratio = statistics.median(ratios[name]) if endpoint == "send" else 1.0
+            print(
+                f"{name:10} {endpoint:7} {statistics.median(m.rate for m in runs):12.0f}"
+                f" {ratio:8.2f} {statistics.median(m.backlog for m in runs):12.0f}"
+                f" {statistics.median(m.drain for m in runs):7.2f} {cpu_columns(runs, name)}"
+            )
+    for name, server in servers.items():
+        problems = server.log_problems()
+        if problems:
+            print(
+                f"{name}: {len(problems)} warning(s) or error(s) in its log, first: {problems[0]}"
+            )
+    pg = ratios["postgresql"]
+    verdict = "met" if statistics.median(pg) >= TARGET else "NOT met"
+    print(
+        f"target: POST /v1/send on PostgreSQL >= {TARGET}x POST /v1/render: {verdict}"
+        f" ({statistics.median(pg):.2f}x; rounds {min(pg):.2f}x to {max(pg):.2f}x)"
+    )
+    if "sqlite" in ratios:
+        lite = ratios["sqlite"]
+        print(
+            f"for comparison, on SQLite: {statistics.median(lite):.2f}x"
+            f" (rounds {min(lite):.2f}x to {max(lite):.2f}x)"
+        )
+
+
+def cpu_columns(runs: list[Measurement], name: str) -> str:
+    """Median CPU microseconds per request: the measured server, PostgreSQL (all of the
+    server's processes), the load generator; and the machine's busy share."""
+    shares = [(m.cpu, m.rate * m.cpu.wall) for m in runs if m.cpu is not None]
+    if not shares:
+        return ""
+
+    def per_request(seconds: list[float]) -> float:
+        return statistics.median(s / n * 1e6 for s, (_, n) in zip(seconds, shares, strict=True))
+
+    notifier = per_request([cpu.processes[name] for cpu, _ in shares])
+    pg = per_request([cpu.postgres for cpu, _ in shares])
+    load = per_request([cpu.processes["this process"] for cpu, _ in shares])
+    busy = statistics.median(cpu.utilisation for cpu, _ in shares)
+    return f"{notifier:11.0f} {pg:13.0f} {load:11.0f} {busy:5.0%}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    args = parser.parse_args()
+    with (
+        postgres_server.server() as found,
+        postgres_server.fresh_database(found) as url,
+        tempfile.TemporaryDirectory() as scratch,
+        contextlib.ExitStack() as stack,
+    ):
+        print(postgres_server.describe(found))
+        servers = {
+            "postgresql": stack.enter_context(
+                serving("postgresql", deployment_settings({"url": url}), Path(scratch))
+            )
+        }
+        if not args.no_sqlite:
+            sqlite = deployment_settings({"path": str(Path(scratch) / "outbox.sqlite3")})
+            servers["sqlite"] = stack.enter_context(serving("sqlite", sqlite, Path(scratch)))
+        return asyncio.run(drive(servers, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
