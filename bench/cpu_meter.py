@@ -26,8 +26,8 @@ class CpuShare:
     wall: float
     #: Each named process (its threads included).
     processes: dict[str, float]
-    #: Every process whose command is ``postgres`` (the server and all its backends,
-    #: also those serving other databases: on a shared server that is noise).
+    #: PostgreSQL's processes: all of them, or (see :class:`CpuMeter`) the server's own
+    #: and the sessions on the benchmark's databases.
     postgres: float
     #: All cores together, busy (not idle, not waiting for I/O).
     machine: float
@@ -46,18 +46,28 @@ class CpuShare:
         """Busy share of all cores, 0 to 1."""
         return self.machine / (self.wall * self.cores) if self.wall > 0 else 0.0
 
+    @property
+    def foreign(self) -> float:
+        """Share of all cores busy with :attr:`rest`, 0 to 1: other work on the machine
+        (kernel threads, other programs) that a quiet machine keeps near 0."""
+        return self.rest / (self.wall * self.cores) if self.wall > 0 else 0.0
+
 
 class CpuMeter:
     """Samples CPU time before and after a measurement.
 
     ``processes`` maps names to pids; the name ``"this process"`` is added for the caller
-    (the load generator or client, in the benchmarks).
+    (the load generator or client, in the benchmarks). With ``databases``, PostgreSQL's
+    share counts only the sessions connected to those databases, plus the server's own
+    processes (checkpointer, WAL writer...): other programs' sessions on a shared server
+    then show as work of others, not as the benchmark's.
     """
 
-    def __init__(self, processes: dict[str, int]) -> None:
+    def __init__(self, processes: dict[str, int], *, databases: tuple[str, ...] = ()) -> None:
         self.processes = {"this process": os.getpid(), **processes}
+        self.databases = databases
         self.available = (PROC / "stat").exists()
-        self._start: tuple[float, dict[str, float], float, tuple[float, float]] | None = None
+        self._start: _Sample | None = None
 
     def start(self) -> None:
         self._start = self._sample()
@@ -66,23 +76,64 @@ class CpuMeter:
         """The CPU time since :meth:`start`, or None where ``/proc`` is missing."""
         if self._start is None or not self.available:
             return None
-        wall0, named0, postgres0, (busy0, steal0) = self._start
-        wall1, named1, postgres1, (busy1, steal1) = self._sample()
+        before, after = self._start, self._sample()
+        # Per process: a session that started meanwhile counts whole, one that ended is lost.
+        postgres = sum(
+            seconds - before.postgres.get(pid, 0.0) for pid, seconds in after.postgres.items()
+        )
         return CpuShare(
-            wall=wall1 - wall0,
-            processes={name: named1[name] - named0[name] for name in named0},
-            postgres=postgres1 - postgres0,
-            machine=busy1 - busy0,
-            steal=steal1 - steal0,
+            wall=after.wall - before.wall,
+            processes={name: after.named[name] - before.named[name] for name in before.named},
+            postgres=postgres,
+            machine=after.busy - before.busy,
+            steal=after.steal - before.steal,
             cores=os.cpu_count() or 1,
         )
 
-    def _sample(self) -> tuple[float, dict[str, float], float, tuple[float, float]]:
+    def _sample(self) -> _Sample:
         wall = time.perf_counter()
         if not self.available:
-            return wall, {}, 0.0, (0.0, 0.0)
+            return _Sample(wall, {}, {}, 0.0, 0.0)
         named = {name: _process_seconds(pid) for name, pid in self.processes.items()}
-        return wall, named, _postgres_seconds(), _machine_seconds()
+        busy, steal = _machine_seconds()
+        return _Sample(wall, named, self._postgres_processes(), busy, steal)
+
+    def _postgres_processes(self) -> dict[int, float]:
+        found = {}
+        for entry in PROC.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if (entry / "comm").read_text().strip() != "postgres":
+                    continue
+                title = (
+                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
+            except OSError:
+                continue
+            if self._counts(title):
+                found[int(entry.name)] = _process_seconds(int(entry.name))
+        return found
+
+    def _counts(self, title: str) -> bool:
+        if not self.databases:
+            return True
+        words = title.split()
+        if any(name in words for name in self.databases):
+            return True
+        # A session's title names its client as host(port); the server's own processes
+        # (and the postmaster's command line) have none. Autovacuum and parallel workers
+        # name their database, which was not one of ours.
+        return "(" not in title and "worker" not in title
+
+
+@dataclass(frozen=True)
+class _Sample:
+    wall: float
+    named: dict[str, float]
+    postgres: dict[int, float]
+    busy: float
+    steal: float
 
 
 def _process_seconds(pid: int) -> float:
@@ -94,20 +145,6 @@ def _process_seconds(pid: int) -> float:
     # The command name (field 2) is in parentheses and may hold spaces: split after it.
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def _postgres_seconds() -> float:
-    total = 0.0
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() != "postgres":
-                continue
-        except OSError:
-            continue
-        total += _process_seconds(int(entry.name))
-    return total
 
 
 def _machine_seconds() -> tuple[float, float]:

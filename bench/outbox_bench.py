@@ -141,7 +141,7 @@ def bare_cycle(connections: list[psycopg.AsyncConnection[Any]], statement: str) 
     return Cycle(claim, record)
 
 
-async def run_cycle(cycle: Cycle, claimers: int, batch: int) -> Run:
+async def run_cycle(cycle: Cycle, claimers: int, batch: int, meter: CpuMeter) -> Run:
     totals = {"deliveries": 0, "claiming": 0.0, "recording": 0.0}
 
     async def claimer(worker: int) -> None:
@@ -157,7 +157,6 @@ async def run_cycle(cycle: Cycle, claimers: int, batch: int) -> Run:
             totals["recording"] += time.perf_counter() - claimed
             totals["deliveries"] += len(items)
 
-    meter = CpuMeter({})
     meter.start()
     start = time.perf_counter()
     await asyncio.gather(*(claimer(worker) for worker in range(claimers)))
@@ -247,18 +246,19 @@ async def drive(url: str, args: argparse.Namespace) -> int:
         BARE_IDS: bare_cycle(connections, BARE_CLAIM_IDS),
     }
     runs: dict[tuple[int, str], list[Run]] = {(n, c): [] for n in args.claimers for c in cycles}
+    meter = CpuMeter({}, databases=(postgres_server.database_name(url),))
     try:
         # Warm-up: every claimer's connection open, statements prepared, caches full.
         for cycle in cycles.values():
             await refill(admin)
-            await run_cycle(cycle, most, args.batch)
+            await run_cycle(cycle, most, args.batch, meter)
         names = list(cycles)
         for round_index in range(args.rounds):
             shift = round_index % len(names)
             for claimers in args.claimers:
                 for name in names[shift:] + names[:shift]:
                     await refill(admin)
-                    run = await run_cycle(cycles[name], claimers, args.batch)
+                    run = await run_cycle(cycles[name], claimers, args.batch, meter)
                     await check_all_delivered(admin, name, run)
                     runs[claimers, name].append(run)
     finally:
@@ -277,6 +277,7 @@ def report(runs: dict[tuple[int, str], list[Run]], args: argparse.Namespace) -> 
     print(
         f"{'claimers':>8} {'candidate':24} {'median deliveries/s':>19} {'x bare':>6}"
         f" {'claim µs':>8} {'record µs':>9} {'client CPU µs':>13} {'PostgreSQL µs':>13}"
+        f" {'other':>5}"
     )
     verdicts = []
     for claimers in args.claimers:
@@ -302,7 +303,9 @@ def report(runs: dict[tuple[int, str], list[Run]], args: argparse.Namespace) -> 
             if len(shares) == len(done):
                 client = per_delivery([share.processes["this process"] for share in shares])
                 server = per_delivery([share.postgres for share in shares])
-                cpu = f" {client:13.0f} {server:13.0f}"
+                # Share of the cores busy with anything else: near 0 on a quiet machine.
+                other = statistics.median(share.foreign for share in shares)
+                cpu = f" {client:13.0f} {server:13.0f} {other:5.0%}"
             print(
                 f"{claimers:8} {name:24} {statistics.median(r.rate for r in done):19.0f}"
                 f" {statistics.median(relative):6.2f} {claim:8.0f} {record:9.0f}{cpu}"

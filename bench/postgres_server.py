@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 
@@ -30,7 +31,7 @@ if str(ROOT) not in sys.path:
 
 from tests import postgres  # noqa: E402
 
-__all__ = ["URL_VARIABLE", "describe", "fresh_database", "server"]
+__all__ = ["URL_VARIABLE", "database_name", "describe", "fresh_database", "server"]
 
 URL_VARIABLE = "NOTIFIER_BENCH_POSTGRES_URL"
 
@@ -45,6 +46,11 @@ def server() -> Iterator[postgres.Server]:
 def fresh_database(found: postgres.Server) -> contextlib.AbstractContextManager[str]:
     """An empty database on ``found``, as a URL; dropped when the block ends."""
     return postgres.fresh_database(found.url, prefix="notifier_bench")
+
+
+def database_name(url: str) -> str:
+    """The database a URL from :func:`fresh_database` names."""
+    return unquote(urlsplit(url).path.lstrip("/"))
 
 
 def describe(found: postgres.Server) -> str:

@@ -75,7 +75,10 @@ async def measure(
 
 
 async def drive(groups: dict[int, list[NotifierServer]], args: argparse.Namespace) -> int:
-    meter = CpuMeter({server.name: server.pid for group in groups.values() for server in group})
+    meter = CpuMeter(
+        {server.name: server.pid for group in groups.values() for server in group},
+        databases=args.databases,
+    )
     candidates = [(endpoint, replicas) for endpoint in ENDPOINTS for replicas in groups]
     for group in groups.values():
         for server in group:
@@ -105,7 +108,7 @@ def report(
     print(
         f"{'endpoint':8} {'replicas':>8} {'median req/s':>12} {'x one':>6} {'backlog left':>12}"
         f" {'drain s':>7} {'notifier µs':>11} {'PostgreSQL µs':>13} {'load gen µs':>11}"
-        f" {'busy':>5}"
+        f" {'busy':>5} {'other':>5}"
     )
     ratios: dict[str, list[float]] = {}
     per_request: dict[tuple[str, int], tuple[float, float]] = {}
@@ -129,8 +132,10 @@ def report(
                     cpu.processes["this process"] / n * 1e6 for cpu, n, _ in measured
                 )
                 busy = statistics.median(cpu.utilisation for cpu, _, _ in measured)
+                # Anything else that ran: near 0 on a quiet machine.
+                other = statistics.median(cpu.foreign for cpu, _, _ in measured)
                 per_request[endpoint, replicas] = (notifier, pg)
-                columns = f" {notifier:11.0f} {pg:13.0f} {load:11.0f} {busy:5.0%}"
+                columns = f" {notifier:11.0f} {pg:13.0f} {load:11.0f} {busy:5.0%} {other:5.0%}"
             print(
                 f"{endpoint:8} {replicas:8} {statistics.median(m.rate for m in runs):12.0f}"
                 f" {ratio:6.2f} {statistics.median(m.backlog for m in runs):12.0f}"
@@ -172,6 +177,7 @@ def main() -> int:
         contextlib.ExitStack() as stack,
     ):
         print(postgres_server.describe(found))
+        args.databases = tuple(map(postgres_server.database_name, (alone_url, shared_url)))
 
         def start(name: str, url: str) -> NotifierServer:
             settings = deployment_settings({"url": url})

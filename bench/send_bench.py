@@ -2,7 +2,7 @@
 PostgreSQL, and the same on one whose outbox is SQLite, in one run.
 
 Usage: ``.venv/bin/python bench/send_bench.py [--seconds 2] [--rounds 3] [--connections 16]
-[--no-sqlite]``
+[--no-sqlite] [--split]``
 
 Each server is a ``notifier serve`` process set up as a default deployment
 (``notifier_servers.deployment_settings``): it delivers what it accepts itself, to the
@@ -13,6 +13,9 @@ deliveries run during its own measurement, as in production; the backlog the ser
 reports (``GET /metrics``) the moment the clock stops shows whether they kept up, and the
 next candidate starts only once it is empty. The database is one of the benchmark's own
 (``postgres_server``), dropped at the end.
+
+``--split`` adds a third server on PostgreSQL with no subscribers: its sends are stored
+and never delivered, which splits a send's cost into storing and delivering.
 """
 
 from __future__ import annotations
@@ -61,7 +64,9 @@ async def measure(
 
 
 async def drive(servers: dict[str, NotifierServer], args: argparse.Namespace) -> int:
-    meter = CpuMeter({name: server.pid for name, server in servers.items()})
+    meter = CpuMeter(
+        {name: server.pid for name, server in servers.items()}, databases=args.databases
+    )
     candidates = [(name, endpoint) for name in servers for endpoint in ENDPOINTS]
     for name, endpoint in candidates:  # warm up: templates, caches, the connection pool
         await http_bench.wait_until_serving(servers[name].port)
@@ -89,7 +94,7 @@ def report(
     print(
         f"{'outbox':10} {'endpoint':7} {'median req/s':>12} {'x render':>8} {'backlog left':>12}"
         f" {'drain s':>7} {'notifier µs':>11} {'PostgreSQL µs':>13} {'load gen µs':>11}"
-        f" {'busy':>5}"
+        f" {'busy':>5} {'other':>5}"
     )
     ratios: dict[str, list[float]] = {}
     for name in servers:
@@ -127,7 +132,8 @@ def report(
 
 def cpu_columns(runs: list[Measurement], name: str) -> str:
     """Median CPU microseconds per request: the measured server, PostgreSQL (all of the
-    server's processes), the load generator; and the machine's busy share."""
+    server's processes), the load generator; the machine's busy share, and the share
+    busy with anything else (near 0 on a quiet machine: a noisy run shows here)."""
     shares = [(m.cpu, m.rate * m.cpu.wall) for m in runs if m.cpu is not None]
     if not shares:
         return ""
@@ -139,7 +145,8 @@ def cpu_columns(runs: list[Measurement], name: str) -> str:
     pg = per_request([cpu.postgres for cpu, _ in shares])
     load = per_request([cpu.processes["this process"] for cpu, _ in shares])
     busy = statistics.median(cpu.utilisation for cpu, _ in shares)
-    return f"{notifier:11.0f} {pg:13.0f} {load:11.0f} {busy:5.0%}"
+    other = statistics.median(cpu.foreign for cpu, _ in shares)
+    return f"{notifier:11.0f} {pg:13.0f} {load:11.0f} {busy:5.0%} {other:5.0%}"
 
 
 def main() -> int:
@@ -148,6 +155,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    parser.add_argument(
+        "--split", action="store_true", help="also PostgreSQL with no subscribers (store only)"
+    )
     args = parser.parse_args()
     with (
         postgres_server.server() as found,
@@ -161,6 +171,15 @@ def main() -> int:
                 serving("postgresql", deployment_settings({"url": url}), Path(scratch))
             )
         }
+        args.databases = (postgres_server.database_name(url),)
+        if args.split:
+            # Its own database: it must not see (or claim) the other server's messages.
+            store_only_url = stack.enter_context(postgres_server.fresh_database(found))
+            args.databases += (postgres_server.database_name(store_only_url),)
+            store_only = deployment_settings({"url": store_only_url}, subscribers=[])
+            servers["pg, store"] = stack.enter_context(
+                serving("store-only", store_only, Path(scratch))
+            )
         if not args.no_sqlite:
             sqlite = deployment_settings({"path": str(Path(scratch) / "outbox.sqlite3")})
             servers["sqlite"] = stack.enter_context(serving("sqlite", sqlite, Path(scratch)))
