@@ -10,8 +10,9 @@ subscriber): one alone on a database of its own, two sharing another. The load
 generator in this process keeps ``--connections`` connections busy: all on the single
 replica, or half on each of the pair. ``POST /v1/render`` is measured the same way as a
 control that touches no database: what a second process can get out of this machine at
-all. The candidates take turns, round after round; each send measurement starts with
-an empty outbox, and the backlog left when its clock stops is reported.
+all. Round after round, one replica and two are measured back to back (which goes first
+alternates); each send measurement starts with an empty outbox, and the backlog left
+when its clock stops is reported.
 
 On a machine with few cores the replicas, PostgreSQL and the load generator share
 them, so the ratio is about this machine; the CPU columns (per request) are what carries
@@ -86,12 +87,18 @@ async def drive(groups: dict[int, list[NotifierServer]], args: argparse.Namespac
     for endpoint, replicas in candidates:  # warm up: templates, caches, connection pools
         await measure(groups[replicas], endpoint, 0.5, args.connections, meter)
     results: dict[tuple[str, int], list[Measurement]] = {c: [] for c in candidates}
+    endpoints = list(ENDPOINTS)
     for round_index in range(args.rounds):
-        shift = round_index % len(candidates)
-        for endpoint, replicas in candidates[shift:] + candidates[:shift]:
-            results[endpoint, replicas].append(
-                await measure(groups[replicas], endpoint, args.seconds, args.connections, meter)
-            )
+        # One replica and two run back to back, in alternating order, so that a ratio
+        # compares measurements a few seconds apart on a machine whose other work comes
+        # and goes; the endpoints take turns going first.
+        sizes = list(groups)[:: 1 if round_index % 2 == 0 else -1]
+        shift = round_index % len(endpoints)
+        for endpoint in endpoints[shift:] + endpoints[:shift]:
+            for replicas in sizes:
+                results[endpoint, replicas].append(
+                    await measure(groups[replicas], endpoint, args.seconds, args.connections, meter)
+                )
     report(groups, results, args)
     return 0
 

@@ -8,11 +8,12 @@ Each server is a ``notifier serve`` process set up as a default deployment
 (``notifier_servers.deployment_settings``): it delivers what it accepts itself, to the
 ``log`` subscriber, and logs JSON lines to a file. A load generator in this process keeps
 ``--connections`` keep-alive connections busy with the burger order (``http_bench``'s).
-The four candidates (each server, each endpoint) take turns round after round. A send's
-deliveries run during its own measurement, as in production; the backlog the server
-reports (``GET /metrics``) the moment the clock stops shows whether they kept up, and the
-next candidate starts only once it is empty. The database is one of the benchmark's own
-(``postgres_server``), dropped at the end.
+Round after round, each server's two endpoints are measured back to back (which goes
+first alternates), the servers taking turns going first. A send's deliveries run during
+its own measurement, as in production; the backlog the server reports (``GET /metrics``)
+the moment the clock stops shows whether they kept up, and the next measurement starts
+only once it is empty. The database is one of the benchmark's own (``postgres_server``),
+dropped at the end.
 
 ``--split`` adds a third server on PostgreSQL with no subscribers: its sends are stored
 and never delivered, which splits a send's cost into storing and delivering.
@@ -72,12 +73,18 @@ async def drive(servers: dict[str, NotifierServer], args: argparse.Namespace) ->
         await http_bench.wait_until_serving(servers[name].port)
         await measure(servers[name], endpoint, 0.5, args.connections, meter)
     results: dict[tuple[str, str], list[Measurement]] = {c: [] for c in candidates}
+    names = list(servers)
     for round_index in range(args.rounds):
-        shift = round_index % len(candidates)
-        for name, endpoint in candidates[shift:] + candidates[:shift]:
-            results[name, endpoint].append(
-                await measure(servers[name], endpoint, args.seconds, args.connections, meter)
-            )
+        # The two endpoints of a server run back to back, in alternating order, so that a
+        # ratio compares measurements a few seconds apart on a machine whose other work
+        # comes and goes; the servers take turns going first.
+        shift = round_index % len(names)
+        endpoints = list(ENDPOINTS)[:: 1 if round_index % 2 == 0 else -1]
+        for name in names[shift:] + names[:shift]:
+            for endpoint in endpoints:
+                results[name, endpoint].append(
+                    await measure(servers[name], endpoint, args.seconds, args.connections, meter)
+                )
     report(servers, results, args)
     return 0
 
