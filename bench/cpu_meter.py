@@ -8,14 +8,17 @@ them, so that a result can be read for hosts with more or separate cores.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuMeter", "CpuShare"]
+__all__ = ["QUIET_BELOW", "CpuMeter", "CpuShare", "quiet_summary", "wait_for_quiet"]
 
 PROC = Path("/proc")
+#: A machine whose cores are less busy than this (with the benchmark idle) is quiet.
+QUIET_BELOW = 0.25
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -125,6 +128,32 @@ class CpuMeter:
         # (and the postmaster's command line) have none. Autovacuum and parallel workers
         # name their database, which was not one of ours.
         return "(" not in title and "worker" not in title
+
+
+async def wait_for_quiet(patience: float, *, busy_below: float = QUIET_BELOW) -> float:
+    """Wait until the cores were less than ``busy_below`` busy over half a second (the
+    benchmark's own processes idle meanwhile, so that is other work), for at most
+    ``patience`` seconds; return the busy share last seen (0 where /proc is missing)."""
+    if not (PROC / "stat").exists():
+        return 0.0
+    deadline = time.perf_counter() + patience
+    while True:
+        busy0, _ = _machine_seconds()
+        start = time.perf_counter()
+        await asyncio.sleep(0.5)
+        busy1, _ = _machine_seconds()
+        share = (busy1 - busy0) / ((time.perf_counter() - start) * (os.cpu_count() or 1))
+        if share < busy_below or time.perf_counter() >= deadline:
+            return share
+
+
+def quiet_summary(shares: list[float]) -> str:
+    """One line on what :func:`wait_for_quiet` found before each round."""
+    calm = sum(share < QUIET_BELOW for share in shares)
+    return (
+        f"{calm} of {len(shares)} measurements started on a quiet machine (other work under"
+        f" {QUIET_BELOW:.0%} of the cores); the others after waiting as long as allowed"
+    )
 
 
 @dataclass(frozen=True)

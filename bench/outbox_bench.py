@@ -2,7 +2,7 @@
 loop on the same tables, in one run.
 
 Usage: ``.venv/bin/python bench/outbox_bench.py [--messages 1000] [--batch 32]
-[--claimers 1 4] [--rounds 3]``
+[--claimers 1 4] [--rounds 3] [--quiet SECONDS]``
 
 A fresh database (``postgres_server``) gets notifier's schema and ``--messages`` rendered
 burger receipts with one subscriber each, stored through ``PostgresOutbox.add``; a copy
@@ -39,7 +39,12 @@ from typing import Any
 
 import postgres_server  # type: ignore[import-not-found]
 import psycopg
-from cpu_meter import CpuMeter, CpuShare  # type: ignore[import-not-found]
+from cpu_meter import (  # type: ignore[import-not-found]
+    CpuMeter,
+    CpuShare,
+    quiet_summary,
+    wait_for_quiet,
+)
 
 from notifier.outbox import Claim, NewMessage, Outcome
 from notifier.outbox.postgres import PostgresOutbox
@@ -253,11 +258,14 @@ async def drive(url: str, args: argparse.Namespace) -> int:
             await refill(admin)
             await run_cycle(cycle, most, args.batch, meter)
         names = list(cycles)
+        quiet = []
         for round_index in range(args.rounds):
             shift = round_index % len(names)
             for claimers in args.claimers:
                 for name in names[shift:] + names[:shift]:
                     await refill(admin)
+                    if args.quiet:
+                        quiet.append(await wait_for_quiet(args.quiet))
                     run = await run_cycle(cycles[name], claimers, args.batch, meter)
                     await check_all_delivered(admin, name, run)
                     runs[claimers, name].append(run)
@@ -265,6 +273,8 @@ async def drive(url: str, args: argparse.Namespace) -> int:
         await outbox.close()
         for conn in [*connections, admin]:
             await conn.close()
+    if quiet:
+        print(quiet_summary(quiet))
     report(runs, args)
     return 0
 
@@ -326,6 +336,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32, help="claim limit (delivery.concurrency)")
     parser.add_argument("--claimers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each run, wait up to SECONDS for a quiet machine",
+    )
     args = parser.parse_args()
     with postgres_server.server() as found, postgres_server.fresh_database(found) as url:
         print(postgres_server.describe(found))

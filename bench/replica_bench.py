@@ -2,7 +2,7 @@
 outbox against one replica alone, with the same total load, in one run.
 
 Usage: ``.venv/bin/python bench/replica_bench.py [--seconds 2] [--rounds 3]
-[--connections 16]``
+[--connections 16] [--quiet SECONDS]``
 
 Three ``notifier serve`` processes set up as a default deployment
 (``notifier_servers.deployment_settings``: each delivers what it accepts, to the ``log``
@@ -32,7 +32,12 @@ from pathlib import Path
 
 import http_bench  # type: ignore[import-not-found]
 import postgres_server  # type: ignore[import-not-found]
-from cpu_meter import CpuMeter, CpuShare  # type: ignore[import-not-found]
+from cpu_meter import (  # type: ignore[import-not-found]
+    CpuMeter,
+    CpuShare,
+    quiet_summary,
+    wait_for_quiet,
+)
 from notifier_servers import (  # type: ignore[import-not-found]
     NotifierServer,
     deployment_settings,
@@ -88,6 +93,7 @@ async def drive(groups: dict[int, list[NotifierServer]], args: argparse.Namespac
         await measure(groups[replicas], endpoint, 0.5, args.connections, meter)
     results: dict[tuple[str, int], list[Measurement]] = {c: [] for c in candidates}
     endpoints = list(ENDPOINTS)
+    quiet = []
     for round_index in range(args.rounds):
         # One replica and two run back to back, in alternating order, so that a ratio
         # compares measurements a few seconds apart on a machine whose other work comes
@@ -95,10 +101,14 @@ async def drive(groups: dict[int, list[NotifierServer]], args: argparse.Namespac
         sizes = list(groups)[:: 1 if round_index % 2 == 0 else -1]
         shift = round_index % len(endpoints)
         for endpoint in endpoints[shift:] + endpoints[:shift]:
+            if args.quiet:
+                quiet.append(await wait_for_quiet(args.quiet))
             for replicas in sizes:
                 results[endpoint, replicas].append(
                     await measure(groups[replicas], endpoint, args.seconds, args.connections, meter)
                 )
+    if quiet:
+        print(quiet_summary(quiet))
     report(groups, results, args)
     return 0
 
@@ -175,6 +185,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each pair of measurements, wait up to SECONDS for a quiet machine",
+    )
     args = parser.parse_args()
     with (
         postgres_server.server() as found,

@@ -2,7 +2,7 @@
 PostgreSQL, and the same on one whose outbox is SQLite, in one run.
 
 Usage: ``.venv/bin/python bench/send_bench.py [--seconds 2] [--rounds 3] [--connections 16]
-[--no-sqlite] [--split]``
+[--no-sqlite] [--split] [--quiet SECONDS]``
 
 Each server is a ``notifier serve`` process set up as a default deployment
 (``notifier_servers.deployment_settings``): it delivers what it accepts itself, to the
@@ -32,7 +32,12 @@ from pathlib import Path
 
 import http_bench  # type: ignore[import-not-found]
 import postgres_server  # type: ignore[import-not-found]
-from cpu_meter import CpuMeter, CpuShare  # type: ignore[import-not-found]
+from cpu_meter import (  # type: ignore[import-not-found]
+    CpuMeter,
+    CpuShare,
+    quiet_summary,
+    wait_for_quiet,
+)
 from notifier_servers import (  # type: ignore[import-not-found]
     NotifierServer,
     deployment_settings,
@@ -74,6 +79,7 @@ async def drive(servers: dict[str, NotifierServer], args: argparse.Namespace) ->
         await measure(servers[name], endpoint, 0.5, args.connections, meter)
     results: dict[tuple[str, str], list[Measurement]] = {c: [] for c in candidates}
     names = list(servers)
+    quiet = []
     for round_index in range(args.rounds):
         # The two endpoints of a server run back to back, in alternating order, so that a
         # ratio compares measurements a few seconds apart on a machine whose other work
@@ -81,10 +87,14 @@ async def drive(servers: dict[str, NotifierServer], args: argparse.Namespace) ->
         shift = round_index % len(names)
         endpoints = list(ENDPOINTS)[:: 1 if round_index % 2 == 0 else -1]
         for name in names[shift:] + names[:shift]:
+            if args.quiet:
+                quiet.append(await wait_for_quiet(args.quiet))
             for endpoint in endpoints:
                 results[name, endpoint].append(
                     await measure(servers[name], endpoint, args.seconds, args.connections, meter)
                 )
+    if quiet:
+        print(quiet_summary(quiet))
     report(servers, results, args)
     return 0
 
@@ -135,6 +145,28 @@ def report(
             f"for comparison, on SQLite: {statistics.median(lite):.2f}x"
             f" (rounds {min(lite):.2f}x to {max(lite):.2f}x)"
         )
+    # notifier serves from one process, whose one core is what runs out first here: the
+    # ratio of its CPU per request is the throughput ratio a quiet machine tends to, and
+    # it moves much less than requests/s when other work shares the cores.
+    for name in servers:
+        cost = cpu_ratios(results, name)
+        if cost:
+            print(
+                f"notifier CPU per request, render / send, {name}: {statistics.median(cost):.2f}x"
+                f" (rounds {min(cost):.2f}x to {max(cost):.2f}x)"
+            )
+
+
+def cpu_ratios(results: dict[tuple[str, str], list[Measurement]], name: str) -> list[float]:
+    """Per round: the server's CPU per render over its CPU per send."""
+    ratios = []
+    for send, render in zip(results[name, "send"], results[name, "render"], strict=True):
+        if send.cpu is None or render.cpu is None:
+            return []
+        send_cost = send.cpu.processes[name] / (send.rate * send.cpu.wall)
+        render_cost = render.cpu.processes[name] / (render.rate * render.cpu.wall)
+        ratios.append(render_cost / send_cost)
+    return ratios
 
 
 def cpu_columns(runs: list[Measurement], name: str) -> str:
@@ -164,6 +196,13 @@ def main() -> int:
     parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     parser.add_argument(
         "--split", action="store_true", help="also PostgreSQL with no subscribers (store only)"
+    )
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each pair of measurements, wait up to SECONDS for a quiet machine",
     )
     args = parser.parse_args()
     with (
