@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from notifier_servers import child_environment  # type: ignore[import-not-found]
+
 ROOT = Path(__file__).resolve().parent.parent
 BURGER = (ROOT / "templates" / "burger_receipt.example.json").read_bytes()
 
@@ -124,7 +126,8 @@ def _child(settings_file: Path | None) -> Iterator[int]:
     command = [sys.executable, str(Path(__file__).resolve()), "--serve-fd", str(listener.fileno())]
     if settings_file is not None:
         command += ["--settings", str(settings_file)]
-    child = subprocess.Popen(command, pass_fds=[listener.fileno()])
+    # Without NOTIFIER_* variables: the child reads them as settings overrides.
+    child = subprocess.Popen(command, pass_fds=[listener.fileno()], env=child_environment())
     listener.close()
     try:
         yield port

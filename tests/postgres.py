@@ -64,13 +64,6 @@ CONNECT_TIMEOUT = 5  # seconds; libpq's own minimum is 2
 SERVER_START_TIMEOUT = 60  # seconds for pg_ctl to see the server accept connections
 SCHEMA_DROP_LOCK_TIMEOUT = "5s"
 
-# How to get one: said at the end of every failure to find or start a server.
-HOW_TO_FIX = (
-    f"Set {URL_VARIABLE}=postgresql://USER@HOST:PORT/DBNAME (a role that may create"
-    " databases), or install Debian's postgresql package ('sudo apt-get install postgresql';"
-    " make test and .ci/run install it when they run as root) so that the tests can start"
-    " a throwaway cluster of their own."
-)
 
 # Settings for a cluster that lives for one test run: durability buys nothing there.
 THROWAWAY_SETTINGS = {
@@ -86,35 +79,47 @@ class PostgresUnavailable(RuntimeError):
     """No PostgreSQL server could be reached or started for the tests."""
 
 
+def how_to_fix(variable: str = URL_VARIABLE) -> str:
+    """How to get a server: said at the end of every failure to find or start one."""
+    return (
+        f"Set {variable}=postgresql://USER@HOST:PORT/DBNAME (a role that may create"
+        " databases), or install Debian's postgresql package ('sudo apt-get install"
+        " postgresql'; make test and .ci/run install it when they run as root) so that the"
+        " tests can start a throwaway cluster of their own."
+    )
+
+
 def find_server(
     environ: Mapping[str, str],
     *,
+    variable: str = URL_VARIABLE,
     local_port: int = LOCAL_PORT,
     bin_dirs: Iterable[Path] | None = None,
 ) -> Server:
     """The server the tests use, in the order the module docstring gives.
 
-    ``environ`` is read for :data:`URL_VARIABLE` only. ``bin_dirs`` overrides where the
-    PostgreSQL binaries for a throwaway cluster are looked for (default:
-    :func:`debian_bin_dirs`). The caller stops the returned server (a throwaway cluster is
-    removed then; a server found running is left alone).
+    ``environ`` is read for ``variable`` only (default :data:`URL_VARIABLE`; the
+    benchmarks in bench/ pass their own). ``bin_dirs`` overrides where the PostgreSQL
+    binaries for a throwaway cluster are looked for (default: :func:`debian_bin_dirs`).
+    The caller stops the returned server (a throwaway cluster is removed then; a server
+    found running is left alone).
     """
-    explicit = environ.get(URL_VARIABLE, "")
+    explicit = environ.get(variable, "")
     if explicit:
         if urlsplit(explicit).scheme not in ("postgresql", "postgres"):
             raise PostgresUnavailable(
-                f"{URL_VARIABLE} must be a postgresql:// URL, not {redacted(explicit)!r}."
+                f"{variable} must be a postgresql:// URL, not {redacted(explicit)!r}."
             )
         problem = login_problem(explicit)
         if problem is not None:
             raise PostgresUnavailable(
-                f"{URL_VARIABLE}={redacted(explicit)} cannot be used: {problem}. The tests"
-                " use the server that this variable names or none: fix the URL, or unset"
+                f"{variable}={redacted(explicit)} cannot be used: {problem}. Only the"
+                " server that this variable names is used, or none: fix the URL, or unset"
                 f" it to use {LOCAL_HOST}:{LOCAL_PORT} or a throwaway cluster."
             )
-        return Server(url=explicit, origin=f"{URL_VARIABLE} ({redacted(explicit)})")
+        return Server(url=explicit, origin=f"{variable} ({redacted(explicit)})")
 
-    tried: list[str] = [f"{URL_VARIABLE}: not set"]
+    tried: list[str] = [f"{variable}: not set"]
     if port_answers(LOCAL_HOST, local_port):
         for user in dict.fromkeys(["postgres", getpass.getuser()]):
             url = f"postgresql://{quote(user, safe='')}@{LOCAL_HOST}:{local_port}/postgres"
@@ -142,7 +147,7 @@ def find_server(
     raise PostgresUnavailable(
         "No PostgreSQL server for the tests. Tried, in order:\n"
         + "".join(f"  - {attempt}\n" for attempt in tried)
-        + HOW_TO_FIX
+        + how_to_fix(variable)
     )
 
 
@@ -207,13 +212,14 @@ def redacted(url: str) -> str:
 
 
 @contextlib.contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
+def fresh_database(server_url: str, *, prefix: str = "notifier_test") -> Iterator[str]:
     """Create an empty database on the server, yield its URL, then drop it.
 
-    Connections still open at the end are ended first, so that a test that leaked one
-    cannot keep the database alive.
+    The database is named ``<prefix>_<random>``, so that one left behind by a killed run
+    says whose it was. Connections still open at the end are ended first, so that a test
+    that leaked one cannot keep the database alive.
     """
-    name = f"notifier_test_{secrets.token_hex(6)}"
+    name = f"{prefix}_{secrets.token_hex(6)}"
     with psycopg.connect(server_url, connect_timeout=CONNECT_TIMEOUT, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
