@@ -65,8 +65,8 @@ SETTINGS_ENV = "NOTIFIER_SETTINGS"
 ENV_PREFIX = "NOTIFIER_"
 #: The file used when ``NOTIFIER_SETTINGS`` is unset and it exists in the working dir.
 DEFAULT_SETTINGS_FILE = "settings.yml"
-#: Variables of the test suite (``NOTIFIER_TEST_POSTGRES_URL``), not settings.
-TEST_ENV_PREFIX = "NOTIFIER_TEST_"
+#: Variables of the test suite and the benchmarks (``NOTIFIER_TEST_POSTGRES_URL``), not settings.
+TEST_ENV_PREFIXES = ("NOTIFIER_TEST_", "NOTIFIER_BENCH_")
 
 
 def _is_loopback(host: str) -> bool:
@@ -352,7 +352,7 @@ def _refuse_unknown_variables(env: Mapping[str, str]) -> None:
         upper = variable.upper()
         if not upper.startswith(ENV_PREFIX) or upper == SETTINGS_ENV:
             continue
-        if upper.startswith(TEST_ENV_PREFIX):
+        if upper.startswith(TEST_ENV_PREFIXES):
             continue
         keys = upper[len(ENV_PREFIX) :].lower().split("__")
         if not all(keys):

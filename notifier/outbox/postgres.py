@@ -27,6 +27,7 @@ Internal to notifier: not part of its public API (see :mod:`notifier`).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
@@ -97,7 +98,7 @@ class PostgresOutbox:
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._migrated = False
         # Outcomes recorded in the same turn of the event loop share one transaction.
-        self._records: Batcher[list[dict[str, Any]]] = Batcher(self._write_records)
+        self._records: Batcher[list[tuple[Any, ...]]] = Batcher(self._write_records)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -110,6 +111,9 @@ class PostgresOutbox:
                 timeout=self._timeout,
                 open=False,
                 name="notifier-outbox",
+                # Autocommit: an operation that is one statement is one round trip, its
+                # own transaction; operations of several statements open one explicitly.
+                kwargs={"autocommit": True},
             )
             # Without waiting: a database that is down at start is reconnected to in the
             # background, and the first operation that finds it up migrates it.
@@ -168,58 +172,38 @@ class PostgresOutbox:
     ) -> MessageRecord:
         record_id = new_message_id()
         now = self._clock()
-        owner, until = (lease.owner, now + lease.seconds) if lease is not None else (None, None)
-        status = "queued" if lease is None else "sending"
-        async with self._transaction() as conn:
-            # One round trip for the whole transaction: the statements are sent together
-            # and their results read at the end.
-            async with conn.pipeline():
-                await conn.execute(
-                    "INSERT INTO notifier_messages (id, template, context_hash, message_id,"
-                    " sender, recipients, data, created_at, request_id)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        record_id,
-                        message.template,
-                        message.context_hash,
-                        message.message_id,
-                        message.sender,
-                        Jsonb(message.recipients),
-                        message.data,
-                        now,
-                        message.request_id,
-                    ),
-                )
-                if subscribers:
-                    await conn.execute(
-                        "INSERT INTO notifier_deliveries (message, subscriber, status,"
-                        " attempts, next_attempt_at, lease_owner, lease_until, due_at,"
-                        " updated_at)"
-                        " SELECT %s, name, %s, 0, %s, %s, %s, %s, %s FROM unnest(%s::text[]) name",
-                        (
-                            record_id,
-                            status,
-                            now,
-                            owner,
-                            until,
-                            until if until is not None else now,
-                            now,
-                            list(subscribers),
-                        ),
-                    )
-                taken = None
-                if idempotency_key is not None:
-                    taken = await conn.execute(
-                        "UPDATE notifier_idempotency_keys SET state = 'done', message = %s"
-                        " WHERE key = %s AND token = %s AND state = 'pending'",
-                        (record_id, idempotency_key.key, idempotency_key.token),
-                    )
-                if lease is None and subscribers:
-                    await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
-            if taken is not None and taken.rowcount != 1:
-                # The reservation was given up as abandoned and taken by another request
-                # meanwhile: storing this message too would send it twice.
-                raise IdempotencyConflict(idempotency_key.key if idempotency_key else "")
+        until = now + lease.seconds if lease is not None else None
+        params = {
+            "id": record_id,
+            "template": message.template,
+            "hash": message.context_hash,
+            "message_id": message.message_id,
+            "sender": message.sender,
+            "recipients": Jsonb(message.recipients),
+            "data": message.data,
+            "now": now,
+            "request_id": message.request_id,
+            "subscribers": list(subscribers),
+            "status": "queued" if lease is None else "sending",
+            "owner": lease.owner if lease is not None else None,
+            "until": until,
+            "due": until if until is not None else now,
+            "key": idempotency_key.key if idempotency_key is not None else None,
+            "token": idempotency_key.token if idempotency_key is not None else None,
+            "channel": NOTIFY_CHANNEL,
+        }
+        # One statement, so one round trip and one transaction, committed before this
+        # returns. With a key, the message is stored only if the key's reservation is
+        # still this request's: otherwise nothing is, and the conflict is raised.
+        query = _ADD_WITH_KEY if idempotency_key is not None else _ADD
+        if lease is None and subscribers:
+            # Constant pieces of SQL only; every value is a parameter.
+            query += _ADD_NOTIFY + " SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM n)"  # noqa: S608
+        else:
+            query += " SELECT (SELECT count(*) FROM m)"
+        rows = await self._one_statement(query.encode(), params)
+        if not rows[0][0]:
+            raise IdempotencyConflict(idempotency_key.key if idempotency_key else "")
         return MessageRecord(
             id=record_id,
             template=message.template,
@@ -337,65 +321,61 @@ class PostgresOutbox:
         return Reservation("done", id=stored_id, message_id=message_id)
 
     async def forget(self, key: IdempotencyKey) -> None:
-        async with self._transaction() as conn:
-            await conn.execute(
-                "DELETE FROM notifier_idempotency_keys"
-                " WHERE key = %s AND token = %s AND state = 'pending'",
-                (key.key, key.token),
-            )
+        await self._one_statement(
+            "DELETE FROM notifier_idempotency_keys"
+            " WHERE key = %s AND token = %s AND state = 'pending'",
+            (key.key, key.token),
+        )
 
     # -- the delivery queue --------------------------------------------------------------
 
     async def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[Claim]:
         now = self._clock()
-        async with self._transaction() as conn:
-            cursor = await conn.execute(
-                "WITH due AS ("
-                " SELECT message, subscriber FROM notifier_deliveries"
-                " WHERE status IN ('queued', 'sending') AND due_at <= %(now)s"
-                " ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-                " UPDATE notifier_deliveries d SET status = 'sending', lease_owner = %(owner)s,"
-                " lease_until = %(until)s, due_at = %(until)s, updated_at = %(now)s,"
-                # A lease that ran out was an attempt cut off by a crash: it counts.
-                " attempts = d.attempts + (d.status = 'sending')::int"
-                " FROM due WHERE d.message = due.message AND d.subscriber = due.subscriber"
-                " RETURNING d.message, d.subscriber, d.attempts, d.detail",
-                {"now": now, "limit": limit, "owner": owner, "until": now + lease_seconds},
-            )
-            due: dict[str, dict[str, DeliveryState]] = {}
-            for message_id, subscriber, attempts, detail in await cursor.fetchall():
-                due.setdefault(message_id, {})[subscriber] = DeliveryState(attempts, detail)
-            if not due:
-                return []
-            cursor = await conn.execute(
-                "SELECT id, template, message_id, sender, recipients, data, created_at,"
-                " retried_at, request_id FROM notifier_messages WHERE id = ANY(%s)",
-                (list(due),),
-            )
-            rows = await cursor.fetchall()
-        return [
-            Claim(
-                message=OutboundMessage(
-                    id=row[0],
-                    template=row[1],
-                    message_id=row[2],
-                    sender=row[3],
-                    recipients=list(row[4]),
-                    data=bytes(row[5]),
-                    created_at=datetime.fromtimestamp(row[6], UTC),
-                    request_id=row[8],
-                ),
-                subscribers=due[row[0]],
-                retried_at=row[7],
-            )
-            for row in rows
-        ]
+        rows = await self._one_statement(
+            "WITH due AS ("
+            " SELECT message, subscriber FROM notifier_deliveries"
+            " WHERE status IN ('queued', 'sending') AND due_at <= %(now)s"
+            " ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+            " claimed AS ("
+            " UPDATE notifier_deliveries d SET status = 'sending', lease_owner = %(owner)s,"
+            " lease_until = %(until)s, due_at = %(until)s, updated_at = %(now)s,"
+            # A lease that ran out was an attempt cut off by a crash: it counts.
+            " attempts = d.attempts + (d.status = 'sending')::int"
+            " FROM due WHERE d.message = due.message AND d.subscriber = due.subscriber"
+            " RETURNING d.message, d.subscriber, d.attempts, d.detail)"
+            # The messages in the same statement: no second round trip.
+            " SELECT c.message, c.subscriber, c.attempts, c.detail, m.template, m.message_id,"
+            " m.sender, m.recipients, m.data, m.created_at, m.retried_at, m.request_id"
+            " FROM claimed c JOIN notifier_messages m ON m.id = c.message",
+            {"now": now, "limit": limit, "owner": owner, "until": now + lease_seconds},
+        )
+        claims: dict[str, Claim] = {}
+        for row in rows:
+            message_id, subscriber, attempts, detail = row[:4]
+            claim = claims.get(message_id)
+            if claim is None:
+                claim = claims[message_id] = Claim(
+                    message=OutboundMessage(
+                        id=message_id,
+                        template=row[4],
+                        message_id=row[5],
+                        sender=row[6],
+                        recipients=list(row[7]),
+                        data=bytes(row[8]),
+                        created_at=datetime.fromtimestamp(row[9], UTC),
+                        request_id=row[11],
+                    ),
+                    subscribers={},
+                    retried_at=row[10],
+                )
+            claim.subscribers[subscriber] = DeliveryState(attempts, detail)
+        return list(claims.values())
 
     async def renew(self, *, owner: str, message_ids: Collection[str], lease_seconds: float) -> int:
         if not message_ids:
             return 0
         until = self._clock() + lease_seconds
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             cursor = await conn.execute(
                 "UPDATE notifier_deliveries SET lease_until = %(until)s, due_at = %(until)s"
                 " WHERE status = 'sending' AND lease_owner = %(owner)s"
@@ -408,56 +388,63 @@ class PostgresOutbox:
         now = self._clock()
         await self._records.add(
             [
-                {
-                    "status": outcome.status,
-                    "error": outcome.error,
-                    "code": outcome.smtp_code,
-                    "next": outcome.next_attempt_at if outcome.status == "queued" else now,
-                    "detail": Jsonb(outcome.detail) if outcome.detail else None,
-                    "now": now,
-                    "message": message_id,
-                    "subscriber": subscriber,
-                    "owner": owner,
-                }
+                (
+                    message_id,
+                    subscriber,
+                    owner,
+                    outcome.status,
+                    outcome.error,
+                    outcome.smtp_code,
+                    outcome.next_attempt_at if outcome.status == "queued" else now,
+                    json.dumps(outcome.detail) if outcome.detail else None,
+                    now,
+                )
                 for subscriber, outcome in outcomes.items()
             ]
         )
 
-    async def _write_records(self, batches: list[list[dict[str, Any]]]) -> None:
+    async def _write_records(self, batches: list[list[tuple[Any, ...]]]) -> None:
         rows = [row for batch in batches for row in batch]
-        async with self._transaction() as conn, conn.cursor() as cursor:
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        # Every outcome of the batch in one statement: the rows travel as arrays.
+        await self._one_statement(
+            "UPDATE notifier_deliveries d SET status = v.status, attempts = d.attempts + 1,"
+            " last_error = v.error, smtp_code = v.code, next_attempt_at = v.next,"
+            " due_at = v.next, detail = v.detail::jsonb, lease_owner = NULL,"
+            " lease_until = NULL, updated_at = v.now"
+            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+            " %s::int[], %s::float8[], %s::text[], %s::float8[])"
+            " AS v(message, subscriber, owner, status, error, code, next, detail, now)"
             # Only the process holding the lease records: if it ran out and another took
             # the delivery over, that one's outcome is the one kept.
-            await cursor.executemany(
-                "UPDATE notifier_deliveries SET status = %(status)s, attempts = attempts + 1,"
-                " last_error = %(error)s, smtp_code = %(code)s, next_attempt_at = %(next)s,"
-                " due_at = %(next)s, detail = %(detail)s, lease_owner = NULL,"
-                " lease_until = NULL, updated_at = %(now)s WHERE message = %(message)s"
-                " AND subscriber = %(subscriber)s AND lease_owner = %(owner)s"
-                " AND status = 'sending'",
-                rows,
-            )
+            " WHERE d.message = v.message AND d.subscriber = v.subscriber"
+            " AND d.lease_owner = v.owner AND d.status = 'sending'",
+            columns,
+        )
 
     async def release(self, message_id: str, *, owner: str, subscribers: Iterable[str]) -> None:
         now = self._clock()
-        async with self._transaction() as conn:
-            await conn.execute(
-                "UPDATE notifier_deliveries SET status = 'queued', next_attempt_at = %(now)s,"
-                " due_at = %(now)s, lease_owner = NULL, lease_until = NULL,"
-                " updated_at = %(now)s WHERE message = %(message)s"
-                " AND subscriber = ANY(%(names)s) AND lease_owner = %(owner)s"
-                " AND status = 'sending'",
-                {"now": now, "message": message_id, "names": list(subscribers), "owner": owner},
-            )
-            await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+        await self._one_statement(
+            "WITH released AS (UPDATE notifier_deliveries SET status = 'queued',"
+            " next_attempt_at = %(now)s, due_at = %(now)s, lease_owner = NULL,"
+            " lease_until = NULL, updated_at = %(now)s WHERE message = %(message)s"
+            " AND subscriber = ANY(%(names)s) AND lease_owner = %(owner)s"
+            " AND status = 'sending' RETURNING 1)"
+            " SELECT pg_notify(%(channel)s, '') WHERE EXISTS (SELECT 1 FROM released)",
+            {
+                "now": now,
+                "message": message_id,
+                "names": list(subscribers),
+                "owner": owner,
+                "channel": NOTIFY_CHANNEL,
+            },
+        )
 
     async def next_due(self) -> float | None:
-        async with self._transaction() as conn:
-            cursor = await conn.execute(
-                "SELECT min(due_at) FROM notifier_deliveries WHERE status IN ('queued', 'sending')"
-            )
-            row = await cursor.fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        [(due,)] = await self._one_statement(
+            "SELECT min(due_at) FROM notifier_deliveries WHERE status IN ('queued', 'sending')"
+        )
+        return None if due is None else float(due)
 
     async def listen(self, wake: Callable[[], None]) -> None:
         try:
@@ -500,19 +487,15 @@ class PostgresOutbox:
             return cursor.rowcount
 
     async def stats(self) -> tuple[int, float | None]:
-        async with self._transaction() as conn:
-            cursor = await conn.execute(
-                "SELECT count(*), min(m.created_at) FROM notifier_deliveries d"
-                " JOIN notifier_messages m ON m.id = d.message"
-                " WHERE d.status IN ('queued', 'sending')"
-            )
-            row = await cursor.fetchone()
-        assert row is not None
-        return int(row[0]), row[1]
+        [(backlog, oldest)] = await self._one_statement(
+            "SELECT count(*), min(m.created_at) FROM notifier_deliveries d"
+            " JOIN notifier_messages m ON m.id = d.message"
+            " WHERE d.status IN ('queued', 'sending')"
+        )
+        return int(backlog), oldest
 
     async def check(self) -> None:
-        async with self._transaction() as conn:
-            await conn.execute("SELECT 1")
+        await self._one_statement("SELECT 1")
 
     # -- connections ---------------------------------------------------------------------
 
@@ -527,13 +510,26 @@ class PostgresOutbox:
             raise _unavailable(exc) from None
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Connection]:
-        """A pooled connection in a transaction, committed when the block ends; the
-        outbox is opened and migrated first if that could not be done at start."""
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection in autocommit mode: each statement is its own transaction,
+        committed (durably) before its result comes back. The outbox is opened and
+        migrated first if that could not be done at start."""
         if not self._migrated:
             await self.open()
-        async with self._pool_connection() as conn, conn.transaction():
+        async with self._pool_connection() as conn:
             yield conn
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Connection]:
+        """A pooled connection in a transaction, committed when the block ends."""
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
+    async def _one_statement(self, query: str | bytes, params: Any = None) -> list[TupleRow]:
+        """Run one statement (one round trip) and return its rows, if it has any."""
+        async with self._connection() as conn:
+            cursor = await conn.execute(query, params)
+            return await cursor.fetchall() if cursor.description is not None else []
 
 
 async def _schema_version(conn: Connection) -> int:
@@ -590,6 +586,37 @@ def _unavailable(exc: BaseException) -> OutboxUnavailable:
     logger.error("outbox error: %s", exc)
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return OutboxUnavailable(f"the outbox is unavailable: {detail}")
+
+
+# -- accepting a message, as one statement ------------------------------------------
+
+_ADD_MESSAGE = (
+    " m AS (INSERT INTO notifier_messages (id, template, context_hash, message_id, sender,"
+    " recipients, data, created_at, request_id) SELECT %(id)s, %(template)s, %(hash)s,"
+    " %(message_id)s, %(sender)s, %(recipients)s, %(data)s, %(now)s, %(request_id)s"
+)
+_ADD_DELIVERIES = (
+    " RETURNING id),"
+    " d AS (INSERT INTO notifier_deliveries (message, subscriber, status, attempts,"
+    " next_attempt_at, lease_owner, lease_until, due_at, updated_at)"
+    " SELECT m.id, s.name, %(status)s, 0, %(now)s, %(owner)s, %(until)s, %(due)s, %(now)s"
+    " FROM m, unnest(%(subscribers)s::text[]) WITH ORDINALITY AS s(name, n) ORDER BY s.n"
+    " RETURNING 1)"
+)
+_ADD = "WITH" + _ADD_MESSAGE + _ADD_DELIVERIES
+# The message only if this request's reservation of the key is still pending: one that
+# was given up as abandoned and taken by another request must not send twice.
+# (Constant pieces of SQL only; every value is a parameter.)
+_ADD_WITH_KEY = (
+    "WITH k AS (UPDATE notifier_idempotency_keys SET state = 'done', message = %(id)s"  # noqa: S608
+    " WHERE key = %(key)s AND token = %(token)s AND state = 'pending' RETURNING 1),"
+    + _ADD_MESSAGE
+    + " WHERE EXISTS (SELECT 1 FROM k)"
+    + _ADD_DELIVERIES
+)
+# Wakes the dispatchers of every process (LISTEN notifier_outbox) once the transaction
+# commits; a message already leased to this process's own dispatcher needs no wake-up.
+_ADD_NOTIFY = ", n AS (SELECT pg_notify(%(channel)s, '') FROM m)"
 
 
 # -- schema --------------------------------------------------------------------------
