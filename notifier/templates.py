@@ -365,12 +365,13 @@ class TemplateStore:
         ``sha256sum`` writes for the files used: the text file, the HTML file if any, then
         every template they include, import or extend (by name, sorted).
         """
+        listing = self._current_listing()
         requested = None
         if "locale" in context:
-            if name not in self._current_listing().names:
+            if name not in listing.names:
                 self._load(name, name + TEXT_SUFFIX)  # an unknown template is a 404 first
             requested = requested_locale(context["locale"])
-        text_file, html_file, _ = self._files(name, requested)
+        text_file, html_file, _ = self._files(name, requested, listing)
         text_loaded = self._load(name, text_file)
         html_loaded = self._load(name, html_file) if html_file is not None else None
         if "date" not in context:
@@ -508,10 +509,13 @@ class TemplateStore:
             self._versions[(text, html)] = version
         return version
 
-    def _files(self, name: str, requested: RequestedLocale | str | None) -> _Files:
+    def _files(
+        self, name: str, requested: RequestedLocale | str | None, listing: _Listing | None = None
+    ) -> _Files:
         """The files that render ``name`` for ``requested`` (a locale, or a lower-case tag
         the template has a variant for, or None)."""
-        listing = self._current_listing()
+        if listing is None:
+            listing = self._current_listing()
         if requested is None or name not in listing.names:
             # No locale, or no such template (loading <name>.j2 then reports it).
             html = name + HTML_SUFFIX if name in listing.html_names else None
