@@ -39,7 +39,6 @@ from jinja2.exceptions import SecurityError
 
 from notifier.errors import (
     MissingVariable,
-    NotifierError,
     RenderBudgetExceeded,
     TemplateError,
     UnknownTemplate,
@@ -475,12 +474,15 @@ class TemplateStore:
             included = pending.pop()
             if included in found or included == filename:
                 continue
+            stamp: int | None
             try:
                 # Stat first: an edit between the two is then seen by the next render.
                 stamp = os.stat(f"{self._directory_text}/{included}").st_mtime_ns
                 self.environment.get_template(included)  # loads (or reloads) it
-            except (NotifierError, jinja2.TemplateError, OSError, ValueError):
-                continue  # a missing or broken include fails the render itself
+            except Exception:
+                stamp = None  # a missing or broken include fails the render itself
+            if stamp is None:
+                continue
             digest, referenced = self._loader.loaded.get(included, ("", ()))
             found[included] = (included, f"{digest}  {included}\n", stamp)
             pending.extend(referenced)
