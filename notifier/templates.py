@@ -223,6 +223,10 @@ class _Variant:
     html: str | None = None
 
 
+#: (text file, HTML file or None, the variant's tag or None for the base files).
+_Files = tuple[str, str | None, str | None]
+
+
 @dataclass(slots=True)
 class _Listing:
     """What the templates directory held when its modification time was ``stamp``."""
@@ -233,10 +237,8 @@ class _Listing:
     html_names: set[str] = field(default_factory=set)
     #: Name -> lower-case tag -> variant.
     variants: dict[str, dict[str, _Variant]] = field(default_factory=dict)
-
-
-#: (text file, HTML file or None, the variant's tag or None for the base files).
-_Files = tuple[str, str | None, str | None]
+    #: (name, requested tag) -> the files that render it, found with this listing.
+    resolved: dict[tuple[str, str], _Files] = field(default_factory=dict)
 
 
 class TemplateStore:
@@ -260,8 +262,6 @@ class TemplateStore:
         self._directory_text = os.fspath(directory)
         self._recent: dict[str, _Loaded] = {}
         self._listing = _Listing()
-        #: (name, requested tag) -> the files that render it; emptied with the listing.
-        self._resolved: dict[tuple[str, str], _Files] = {}
         #: (text file, HTML file) as loaded -> their version.
         self._versions: dict[tuple[_Loaded, _Loaded | None], str] = {}
         self._date_second = -1
@@ -523,7 +523,7 @@ class TemplateStore:
             html = name + HTML_SUFFIX if name in listing.html_names else None
             return name + TEXT_SUFFIX, html, None
         key = (name, requested if isinstance(requested, str) else requested.tag)
-        files = self._resolved.get(key)
+        files = listing.resolved.get(key)
         if files is None:
             chain = (requested,) if isinstance(requested, str) else requested.chain
             variants = listing.variants.get(name, {})
@@ -534,9 +534,9 @@ class TemplateStore:
                 if variant is not None and variant.text is not None:
                     files = (variant.text, variant.html, variant.tag)
                     break
-            if len(self._resolved) >= 4096:
-                self._resolved.clear()  # requests may name any number of tags
-            self._resolved[key] = files
+            if len(listing.resolved) >= 4096:
+                listing.resolved.clear()  # requests may name any number of tags
+            listing.resolved[key] = files
         return files
 
     def _current_listing(self) -> _Listing:
@@ -553,7 +553,6 @@ class TemplateStore:
             except OSError:
                 return _Listing()
             self._listing = _read_listing(stamp, file_names)
-            self._resolved = {}
         return self._listing
 
     def _current_date(self) -> str:
