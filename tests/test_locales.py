@@ -12,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from quart.typing import TestClientProtocol as QuartClient
 
+from notifier.errors import InvalidLocale
+from notifier.locales import MAX_LOCALE_CHARS, requested_locale
 from notifier.renderer import LOOP_CONTEXT_BYTES, Renderer
 from notifier.settings import Settings
 from notifier.templates import TemplateStore
@@ -478,3 +482,37 @@ def test_store_resolves_files_without_rescanning(templates_dir: Path) -> None:
     assert store._listing is listing  # the directory did not change: no new scan
     assert first.version == second.version
     assert first.locale == second.locale == "de-CH"
+
+
+# -- any value at all -----------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        st.from_regex(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,7}", fullmatch=True),
+        st.integers(),
+        st.none(),
+    )
+)
+def test_any_locale_value_is_accepted_or_refused_never_an_other_error(value: Any) -> None:
+    refused: InvalidLocale | None = None
+    try:
+        found = requested_locale(value)
+    except InvalidLocale as exc:
+        refused = exc
+    if refused is not None:
+        assert refused.status == 422
+        assert refused.extra == {"member": "locale"}
+        return
+    if value is None:
+        assert found is None
+        return
+    assert found is not None
+    assert len(value) <= MAX_LOCALE_CHARS
+    assert found.tag.lower() == value.lower()
+    # The chain runs from the whole tag to its language, one subtag shorter each time.
+    assert found.chain[0] == value.lower()
+    assert found.chain[-1] == value.split("-")[0].lower()
+    assert all(len(a) > len(b) for a, b in zip(found.chain, found.chain[1:], strict=False))
