@@ -172,24 +172,35 @@ def _check(args: argparse.Namespace) -> int:
     if not names:
         print(f"no templates in {settings.templates.dir}", file=sys.stderr)
         return 1
-    failures = 0
+    checked = failures = 0
     for name in names:
-        outcome = _check_one(renderer, name)
-        failed = not outcome.startswith(("ok", "compiles"))
-        failures += failed
-        print(f"{'FAIL' if failed else 'ok  '}  {name}: {outcome}")
-    print(f"{len(names) - failures} passed, {failures} failed")
+        # Each locale variant on its own line, as <name>.<tag>: a broken German file
+        # must not hide behind a working English one.
+        for locale in (None, *renderer.templates.locales(name)):
+            outcome = _check_one(renderer, name, locale)
+            failed = not outcome.startswith(("ok", "compiles"))
+            checked += 1
+            failures += failed
+            label = name if locale is None else f"{name}.{locale}"
+            print(f"{'FAIL' if failed else 'ok  '}  {label}: {outcome}")
+    print(f"{checked - failures} passed, {failures} failed")
     return 1 if failures else 0
 
 
-def _check_one(renderer: Renderer, name: str) -> str:
-    info = renderer.templates.info(name)
-    if info.error is not None:
-        return info.error
+def _check_one(renderer: Renderer, name: str, locale: str | None) -> str:
+    """Compile the files of ``name`` (its variant for ``locale``) and render them with
+    the example data, its ``locale`` set to the variant's tag (left out for the base
+    files, so that they are the ones rendered)."""
+    error = renderer.templates.compile_error(name, locale)
+    if error is not None:
+        return error
     try:
         example = renderer.templates.example(name)
         if example is None:
             return "compiles (no example data to render)"
+        example = {key: value for key, value in example.items() if key != "locale"}
+        if locale is not None:
+            example["locale"] = locale
         composed = renderer.render(name, example)
     except NotifierError as exc:
         return exc.detail

@@ -121,6 +121,8 @@ class ComposedMessage:
     sender: str
     recipients: list[str]
     message_id: str
+    #: The version of the template files that rendered it ("" when not known).
+    template_version: str = ""
 
 
 #: ``(display name, addr-spec)``; the display name is "" when there is none.

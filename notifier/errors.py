@@ -19,6 +19,7 @@ __all__ = [
     "IdempotencyMismatch",
     "InvalidAddress",
     "InvalidIdempotencyKey",
+    "InvalidLocale",
     "InvalidQuery",
     "MissingVariable",
     "NothingToRetry",
@@ -123,6 +124,14 @@ class MissingVariable(TemplateError, KeyError):
     def __str__(self) -> str:
         # KeyError would quote the message; keep it readable.
         return self.detail
+
+
+class InvalidLocale(NotifierError, ValueError):
+    """The context member ``locale`` is not a BCP 47 language tag of a known language."""
+
+    status = 422
+    slug = "invalid-locale"
+    title = "Invalid locale"
 
 
 class ComposeError(NotifierError, ValueError):

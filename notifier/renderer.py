@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import parseaddr
 from pathlib import Path
@@ -183,6 +183,8 @@ class Renderer:
                 title="Sender not allowed",
                 sender=composed.sender,
             )
+        if rendered.version:
+            composed = replace(composed, template_version=rendered.version)
         return composed
 
     def close(self) -> None:

@@ -132,6 +132,7 @@ class Sending:
                 recipients=composed.recipients,
                 data=composed.data,
                 request_id=request_id,
+                template_version=composed.template_version,
             )
             lease = None
             if dispatcher is not None and self.subscribers and dispatcher.reserve():

@@ -4,6 +4,15 @@ A template ``<name>`` is the file ``<name>.j2`` in the templates directory: an R
 header block, a blank line, then the plain-text body. ``<name>.html.j2`` (optional) is an
 HTML body rendered with autoescaping; ``<name>.example.json`` (optional) holds sample data.
 
+Locale variants: ``<name>.<tag>.j2`` (and its optional ``<name>.<tag>.html.j2``) renders
+a request whose context member ``locale`` is ``<tag>`` or a more specific tag: ``de-CH``
+looks for ``<name>.de-CH.j2``, then ``<name>.de.j2``, then takes ``<name>.j2``. The HTML
+part comes with the text file chosen (never English HTML with German text). The locale
+part of a file name matches whatever its case, with ``-`` or ``_``.
+
+Each rendered message carries its template version: 12 hex digits of a SHA-256 over the
+files used (see :meth:`TemplateStore.render`), computed when a file is (re)loaded.
+
 Rendering happens in :class:`notifier.sandbox.TemplateSandbox`, which marks every
 printed value so that :mod:`notifier.compose` can tell request data from the template's
 own text, and holds each render to a time and output budget.
@@ -13,20 +22,28 @@ Internal to notifier: not part of its public API (see :mod:`notifier`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import jinja2
+import jinja2.meta
 from jinja2.exceptions import SecurityError
 
-from notifier.errors import MissingVariable, RenderBudgetExceeded, TemplateError, UnknownTemplate
+from notifier.errors import (
+    MissingVariable,
+    RenderBudgetExceeded,
+    TemplateError,
+    UnknownTemplate,
+)
+from notifier.locales import FILTERS, RequestedLocale, formatting, requested_locale, tag_of_suffix
 from notifier.sandbox import (
     CR_MARK,
     LF_MARK,
@@ -62,6 +79,8 @@ EXAMPLE_SUFFIX = ".example.json"
 
 #: The budget of a render when none is configured (the ``limits`` defaults).
 DEFAULT_BUDGET = RenderBudget(seconds=2.0, max_output=4 * 1024 * 1024)
+#: Templates a template includes, imports or extends that its version covers, at most.
+MAX_INCLUDED_FILES = 64
 
 
 def _mailbox(addr_spec: Any, display_name: Any = "") -> str:
@@ -81,7 +100,16 @@ _PLAIN_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'
 
 
 class _TemplateLoader(jinja2.FileSystemLoader):
-    """Loads template files, refusing any that holds the characters value markers use."""
+    """Loads template files, refusing any that holds the characters value markers use.
+
+    Remembers, for each file it loaded last, the SHA-256 of its text and the templates it
+    names in ``include``, ``import`` and ``extends``: the template version is made of them.
+    """
+
+    def __init__(self, directory: Path, *, encoding: str) -> None:
+        super().__init__(directory, encoding=encoding)
+        #: Template file name -> (SHA-256 of its text, the templates it references).
+        self.loaded: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     def get_source(
         self, environment: jinja2.Environment, template: str
@@ -93,6 +121,16 @@ class _TemplateLoader(jinja2.FileSystemLoader):
                 " uses them internally",
                 template=template,
             )
+        try:
+            referenced = tuple(
+                name
+                for name in jinja2.meta.find_referenced_templates(environment.parse(source))
+                if name is not None  # a name computed at render time cannot be known here
+            )
+        except Exception:
+            referenced = ()  # compiling it reports the error
+        digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
+        self.loaded[template] = (digest, referenced)
         return source, filename, uptodate
 
 
@@ -134,6 +172,10 @@ class RenderedTemplate:
     name: str
     text: str
     html: str | None
+    #: 12 hex digits of the SHA-256 over the template files used ("" when not known).
+    version: str = ""
+    #: The request's locale (canonical BCP 47 tag), or None when it named none.
+    locale: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,15 +186,59 @@ class TemplateInfo:
     has_html: bool
     has_example: bool
     error: str | None
+    #: The tags of its locale variants (``<name>.<tag>.j2``), sorted.
+    locales: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "html": self.has_html,
             "example": self.has_example,
+            "locales": list(self.locales),
             "valid": self.error is None,
             "error": self.error,
         }
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # compared and hashed by identity
+class _Loaded:
+    """A compiled template file and what its version is made of."""
+
+    template: jinja2.Template
+    #: The file's modification time when it was loaded.
+    stamp: int
+    #: ``<sha256>  <file name>\n``, as ``sha256sum`` writes it.
+    line: str
+    #: (file name, line, modification time) of each template it includes, imports or
+    #: extends, directly or through another.
+    includes: tuple[tuple[str, str, int], ...]
+
+
+@dataclass(slots=True)
+class _Variant:
+    """One locale variant of a template: its files on disk."""
+
+    tag: str
+    text: str | None = None
+    html: str | None = None
+
+
+#: (text file, HTML file or None, the variant's tag or None for the base files).
+_Files = tuple[str, str | None, str | None]
+
+
+@dataclass(slots=True)
+class _Listing:
+    """What the templates directory held when its modification time was ``stamp``."""
+
+    stamp: int = -1
+    #: Names with a ``<name>.j2``, and those with a ``<name>.html.j2``.
+    names: set[str] = field(default_factory=set)
+    html_names: set[str] = field(default_factory=set)
+    #: Name -> lower-case tag -> variant.
+    variants: dict[str, dict[str, _Variant]] = field(default_factory=dict)
+    #: (name, requested tag) -> the files that render it, found with this listing.
+    resolved: dict[tuple[str, str], _Files] = field(default_factory=dict)
 
 
 class TemplateStore:
@@ -174,13 +260,15 @@ class TemplateStore:
         self.budget = budget
         self._clock = clock or (lambda: datetime.now(UTC))
         self._directory_text = os.fspath(directory)
-        self._recent: dict[str, tuple[jinja2.Template, int]] = {}
-        self._listing_stamp = -1
-        self._html_names: set[str] = set()
+        self._recent: dict[str, _Loaded] = {}
+        self._listing = _Listing()
+        #: (text file, HTML file) as loaded -> their version.
+        self._versions: dict[tuple[_Loaded, _Loaded | None], str] = {}
         self._date_second = -1
         self._date_text = ""
+        self._loader = _TemplateLoader(directory, encoding="utf-8")
         self.environment = TemplateSandbox(
-            loader=_TemplateLoader(directory, encoding="utf-8"),
+            loader=self._loader,
             undefined=_MissingVariableUndefined,
             autoescape=jinja2.select_autoescape(
                 enabled_extensions=("html.j2",), default_for_string=False, default=False
@@ -189,6 +277,7 @@ class TemplateStore:
             keep_trailing_newline=False,
         )
         self.environment.filters["mailbox"] = _mailbox
+        self.environment.filters.update(FILTERS)
 
     # -- discovery -----------------------------------------------------------------
 
@@ -206,20 +295,38 @@ class TemplateStore:
         return sorted(found)
 
     def info(self, name: str) -> TemplateInfo:
-        """Describe ``name``, compiling its files to report a syntax error if any."""
+        """Describe ``name``, compiling its files (its locale variants' too) to report the
+        first error if any."""
+        locales = self.locales(name)
         error = None
-        try:
-            self._load(name, TEXT_SUFFIX)
-            if self._path(name, HTML_SUFFIX).is_file():
-                self._load(name, HTML_SUFFIX)
-        except (TemplateError, UnknownTemplate) as exc:
-            error = exc.detail
+        for locale in (None, *locales):
+            error = self.compile_error(name, locale)
+            if error is not None:
+                break
         return TemplateInfo(
             name=name,
             has_html=self._path(name, HTML_SUFFIX).is_file(),
             has_example=self._path(name, EXAMPLE_SUFFIX).is_file(),
             error=error,
+            locales=locales,
         )
+
+    def locales(self, name: str) -> tuple[str, ...]:
+        """The tags of the locale variants of ``name`` on disk (``<name>.<tag>.j2``)."""
+        variants = self._current_listing().variants.get(name, {})
+        return tuple(sorted(v.tag for v in variants.values() if v.text is not None))
+
+    def compile_error(self, name: str, locale: str | None = None) -> str | None:
+        """Why the files of ``name`` (of its variant for ``locale``, a tag it has) do not
+        compile, or None when they do."""
+        try:
+            text_file, html_file, _ = self._files(name, locale.lower() if locale else None)
+            self._load(name, text_file)
+            if html_file is not None:
+                self._load(name, html_file)
+        except (TemplateError, UnknownTemplate) as exc:
+            return exc.detail
+        return None
 
     def example(self, name: str) -> dict[str, Any] | None:
         """The sample data of ``name``, or None when it has no example file."""
@@ -250,17 +357,39 @@ class TemplateStore:
         out of time or output. With ``slice_seconds``, a render still running after that
         long raises :class:`SliceExhausted` instead (to be run again off the event loop).
         ``date`` defaults to the current time (RFC 5322).
+
+        The context member ``locale`` picks the files (see the module doc) and the locale
+        the Babel filters format in; an invalid one is :class:`InvalidLocale` (422). The
+        result's ``version`` is the first 12 hex digits of the SHA-256 over the lines
+        ``sha256sum`` writes for the files used: the text file, the HTML file if any, then
+        every template they include, import or extend (by name, sorted).
         """
-        text_template = self._load(name, TEXT_SUFFIX)
-        html_template = self._load(name, HTML_SUFFIX) if self._has_html(name) else None
+        listing = self._current_listing()
+        requested = None
+        if "locale" in context:
+            if name not in listing.names:
+                self._load(name, name + TEXT_SUFFIX)  # an unknown template is a 404 first
+            requested = requested_locale(context["locale"])
+        text_file, html_file, _ = self._files(name, requested, listing)
+        text_loaded = self._load(name, text_file)
+        html_loaded = self._load(name, html_file) if html_file is not None else None
         if "date" not in context:
             context = {**context, "date": self._current_date()}
-        with rendering(self.budget, slice_seconds=slice_seconds) as state:
-            text = state.fixed_marks(self._run(text_template, context))
+        with (
+            rendering(self.budget, slice_seconds=slice_seconds) as state,
+            formatting(requested, state),
+        ):
+            text = state.fixed_marks(self._run(text_loaded.template, context))
             html = None
-            if html_template is not None:
-                html = state.unmark(self._run(html_template, context))
-        return RenderedTemplate(name=name, text=text, html=html)
+            if html_loaded is not None:
+                html = state.unmark(self._run(html_loaded.template, context))
+        return RenderedTemplate(
+            name=name,
+            text=text,
+            html=html,
+            version=self._version(text_loaded, html_loaded),
+            locale=requested.tag if requested is not None else None,
+        )
 
     def _run(self, template: jinja2.Template, context: Mapping[str, Any]) -> str:
         try:
@@ -284,9 +413,8 @@ class TemplateStore:
                 f"{template.name}: rendering failed: {type(exc).__name__}: {exc}"
             ) from None
 
-    def _load(self, name: str, suffix: str) -> jinja2.Template:
+    def _load(self, name: str, filename: str) -> _Loaded:
         self._check_name(name)
-        filename = name + suffix
         # Jinja's own cache would do, but its lookup (a lock, an LRU reorder, a float
         # mtime check) costs more than a stat and a dict lookup on this hot path; Jinja
         # still compiles, caches and reloads the template (and anything it includes).
@@ -295,21 +423,26 @@ class TemplateStore:
         except OSError:
             stamp = None
         cached = self._recent.get(filename)
-        if cached is not None and stamp is not None and cached[1] == stamp:
-            return cached[0]
+        if (
+            cached is not None
+            and stamp is not None
+            and cached.stamp == stamp
+            and (not cached.includes or self._includes_unchanged(cached))
+        ):
+            return cached
         try:
             template = self.environment.get_template(filename)
         except jinja2.TemplateNotFound:
             raise UnknownTemplate(f"no template named {name!r}", template=name) from None
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(
-                f"{name}{suffix} line {exc.lineno}: {exc.message}",
+                f"{filename} line {exc.lineno}: {exc.message}",
                 title="Template syntax error",
                 template=name,
                 line=exc.lineno,
             ) from None
         except UnicodeDecodeError:
-            raise TemplateError(f"{name}{suffix} is not valid UTF-8", template=name) from None
+            raise TemplateError(f"{filename} is not valid UTF-8", template=name) from None
         except TemplateError:
             raise
         except Exception as exc:
@@ -317,33 +450,110 @@ class TemplateStore:
             # to compile in ways that are not syntax errors (an int too long to print,
             # say). That is this template's error; every other template still works.
             raise TemplateError(
-                f"{name}{suffix} cannot be compiled: {type(exc).__name__}: {exc}"[:500],
+                f"{filename} cannot be compiled: {type(exc).__name__}: {exc}"[:500],
                 title="Template cannot be compiled",
                 template=name,
             ) from None
+        digest, _ = self._loader.loaded.get(filename, ("", ()))
+        loaded = _Loaded(
+            template=template,
+            stamp=stamp if stamp is not None else -1,
+            line=f"{digest}  {filename}\n",
+            includes=self._includes(filename),
+        )
         if stamp is not None:
-            self._recent[filename] = (template, stamp)
-        return template
+            self._recent[filename] = loaded
+        return loaded
 
-    def _has_html(self, name: str) -> bool:
-        # Asking the file system for <name>.html.j2 on every render costs more than the
-        # render itself; the directory's mtime changes whenever a file is added, removed
-        # or replaced by rename, so the listing is cached against it.
+    def _includes(self, filename: str) -> tuple[tuple[str, str, int], ...]:
+        """The templates ``filename`` includes, imports or extends, directly or not, as
+        far as their names are written in the templates (at load time, not per render)."""
+        found: dict[str, tuple[str, str, int]] = {}
+        pending = list(self._loader.loaded.get(filename, ("", ()))[1])
+        while pending and len(found) < MAX_INCLUDED_FILES:
+            included = pending.pop()
+            if included in found or included == filename:
+                continue
+            stamp: int | None
+            try:
+                # Stat first: an edit between the two is then seen by the next render.
+                stamp = os.stat(f"{self._directory_text}/{included}").st_mtime_ns
+                self.environment.get_template(included)  # loads (or reloads) it
+            except Exception:
+                stamp = None  # a missing or broken include fails the render itself
+            if stamp is None:
+                continue
+            digest, referenced = self._loader.loaded.get(included, ("", ()))
+            found[included] = (included, f"{digest}  {included}\n", stamp)
+            pending.extend(referenced)
+        return tuple(sorted(found.values()))
+
+    def _includes_unchanged(self, loaded: _Loaded) -> bool:
+        for included, _, stamp in loaded.includes:
+            try:
+                if os.stat(f"{self._directory_text}/{included}").st_mtime_ns != stamp:
+                    return False
+            except OSError:
+                return False
+        return True
+
+    def _version(self, text: _Loaded, html: _Loaded | None) -> str:
+        version = self._versions.get((text, html))
+        if version is None:
+            lines = text.line + (html.line if html is not None else "")
+            includes = {entry[0]: entry[1] for entry in text.includes}
+            if html is not None:
+                includes.update((entry[0], entry[1]) for entry in html.includes)
+            lines += "".join(includes[included] for included in sorted(includes))
+            version = hashlib.sha256(lines.encode("utf-8")).hexdigest()[:12]
+            if len(self._versions) >= 1024:
+                self._versions.clear()  # old loads of edited files
+            self._versions[(text, html)] = version
+        return version
+
+    def _files(
+        self, name: str, requested: RequestedLocale | str | None, listing: _Listing | None = None
+    ) -> _Files:
+        """The files that render ``name`` for ``requested`` (a locale, or a lower-case tag
+        the template has a variant for, or None)."""
+        if listing is None:
+            listing = self._current_listing()
+        if requested is None or name not in listing.names:
+            # No locale, or no such template (loading <name>.j2 then reports it).
+            html = name + HTML_SUFFIX if name in listing.html_names else None
+            return name + TEXT_SUFFIX, html, None
+        key = (name, requested if isinstance(requested, str) else requested.tag)
+        files = listing.resolved.get(key)
+        if files is None:
+            chain = (requested,) if isinstance(requested, str) else requested.chain
+            variants = listing.variants.get(name, {})
+            base_html = name + HTML_SUFFIX if name in listing.html_names else None
+            files = (name + TEXT_SUFFIX, base_html, None)
+            for tag in chain:
+                variant = variants.get(tag)
+                if variant is not None and variant.text is not None:
+                    files = (variant.text, variant.html, variant.tag)
+                    break
+            if len(listing.resolved) >= 4096:
+                listing.resolved.clear()  # requests may name any number of tags
+            listing.resolved[key] = files
+        return files
+
+    def _current_listing(self) -> _Listing:
+        # Asking the file system for <name>.html.j2 (or a locale's files) on every render
+        # costs more than the render itself; the directory's mtime changes whenever a file
+        # is added, removed or replaced by rename, so the listing is cached against it.
         try:
             stamp = os.stat(self._directory_text).st_mtime_ns
         except OSError:
-            return False
-        if stamp != self._listing_stamp:
+            return _Listing()
+        if stamp != self._listing.stamp:
             try:
-                self._html_names = {
-                    entry.name.removesuffix(HTML_SUFFIX)
-                    for entry in os.scandir(self.directory)
-                    if entry.name.endswith(HTML_SUFFIX)
-                }
+                file_names = sorted(entry.name for entry in os.scandir(self.directory))
             except OSError:
-                return False
-            self._listing_stamp = stamp
-        return name in self._html_names
+                return _Listing()
+            self._listing = _read_listing(stamp, file_names)
+        return self._listing
 
     def _current_date(self) -> str:
         # Formatting a date costs a few microseconds; one string per second is enough.
@@ -361,3 +571,30 @@ class TemplateStore:
 
     def _path(self, name: str, suffix: str) -> Path:
         return self.directory / (name + suffix)
+
+
+def _read_listing(stamp: int, file_names: list[str]) -> _Listing:
+    """Sort a directory's file names into templates, HTML parts and locale variants."""
+    listing = _Listing(stamp=stamp)
+    for file_name in file_names:
+        stem = file_name.removesuffix(TEXT_SUFFIX)
+        if stem == file_name:
+            continue
+        html = stem.endswith(".html")
+        stem = stem.removesuffix(".html")
+        name, dot, suffix = stem.partition(".")
+        if NAME_PATTERN.fullmatch(name) is None:
+            continue
+        if not dot:
+            (listing.html_names if html else listing.names).add(name)
+            continue
+        tag = tag_of_suffix(suffix)
+        if tag is None:
+            continue  # not a locale variant (nor anything else notifier reads)
+        variant = listing.variants.setdefault(name, {}).setdefault(tag.lower(), _Variant(tag))
+        # Two spellings of one tag (de-ch and de-CH): the first in sorted order wins.
+        if html and variant.html is None:
+            variant.html = file_name
+        elif not html and variant.text is None:
+            variant.text = file_name
+    return listing

@@ -119,6 +119,7 @@ async def test_templates_are_listed_with_their_parts(client: QuartClient) -> Non
         "name": "burger_receipt",
         "html": False,
         "example": True,
+        "locales": ["de"],
         "valid": True,
         "error": None,
     }

@@ -80,7 +80,8 @@ def test_check_passes_on_the_project_templates(settings_file: Path) -> None:
     result = notifier("check", "--settings", str(settings_file))
     assert result.returncode == 0, result.stdout + result.stderr
     assert b"burger_receipt" in result.stdout
-    assert b"2 passed, 0 failed" in result.stdout
+    assert b"ok    burger_receipt.de: ok" in result.stdout
+    assert b"3 passed, 0 failed" in result.stdout
 
 
 def test_check_reports_every_broken_template(settings_file: Path, templates_dir: Path) -> None:
@@ -93,7 +94,7 @@ def test_check_reports_every_broken_template(settings_file: Path, templates_dir:
     assert "FAIL  syntax: syntax.j2 line" in report
     assert "FAIL  missing: the template uses 'gone'" in report
     assert "ok    burger_receipt" in report
-    assert "2 passed, 2 failed" in report
+    assert "3 passed, 2 failed" in report
 
 
 def test_check_with_templates_option(tmp_path: Path) -> None:
@@ -127,7 +128,7 @@ def test_migrate_creates_the_sqlite_schema(settings_file: Path, tmp_path: Path) 
     result = notifier("migrate", "--settings", str(settings_file))
     assert result.returncode == 0, result.stderr
     assert b"SQLite outbox" in result.stdout
-    assert b"schema version 4" in result.stdout
+    assert b"schema version 5" in result.stdout
     assert (tmp_path / "var" / "outbox.sqlite3").is_file()
 
 
@@ -141,7 +142,7 @@ def test_migrate_creates_the_postgres_schema_and_is_idempotent(
         result = notifier("migrate", "--settings", str(path))
         assert result.returncode == 0, result.stderr
         assert b"PostgreSQL outbox 127.0.0.1:5432/notifier_test_" in result.stdout
-        assert b"schema version 1" in result.stdout
+        assert b"schema version 2" in result.stdout
         assert b"password" not in result.stdout
 
 

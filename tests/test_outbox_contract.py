@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def new_message(n: int = 0) -> NewMessage:
         recipients=["bob@example.com", "carol@example.com"],
         data=b"Subject: hi\r\n\r\nbody\r\n",
         request_id=f"req-{n}",
+        template_version=f"{n:012x}",
     )
 
 
@@ -93,10 +95,27 @@ async def test_added_message_is_stored_with_a_queued_delivery_per_subscriber(
     assert stored.message_id == "<m0@example.org>"
     assert stored.recipients == ["bob@example.com", "carol@example.com"]
     assert stored.request_id == "req-0"
+    assert stored.template_version == "000000000000"
+    assert stored.as_json()["template_version"] == "000000000000"
     assert stored.created_at == clock.now
     assert [d.subscriber for d in stored.deliveries] == ["smtp", "log"]
     assert all(d.status == "queued" and d.attempts == 0 for d in stored.deliveries)
     assert stored.status == "queued"
+
+
+async def test_a_message_without_a_template_version_reads_back_none(outbox: Outbox) -> None:
+    record = await outbox.add(replace(new_message(), template_version=""), subscribers=["smtp"])
+    stored = await outbox.get(record.id)
+    assert stored is not None
+    assert stored.template_version is None
+    [listed] = await outbox.list_messages(status="queued", limit=10, before=None)
+    assert listed.template_version is None
+
+
+async def test_template_version_is_listed_with_the_message(outbox: Outbox) -> None:
+    await outbox.add(new_message(7), subscribers=["smtp"])
+    [listed] = await outbox.list_messages(status="queued", limit=10, before=None)
+    assert listed.template_version == "000000000007"
 
 
 async def test_unknown_id_is_none(outbox: Outbox) -> None:

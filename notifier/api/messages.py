@@ -108,6 +108,10 @@ class Message(Shape):
     created_at: datetime
     envelope: Envelope
     request_id: str | None = Field(description="The `X-Request-ID` of the request that sent it.")
+    template_version: str | None = Field(
+        description="First 12 hex digits of the SHA-256 over the template files that rendered"
+        " it (docs/templates.md); null for messages stored before versions were recorded."
+    )
     subscribers: dict[str, Delivery] = Field(
         description="Keyed by each subscriber's name as written in settings."
     )

@@ -25,8 +25,11 @@ class TemplateInfo(Shape):
     name: TemplateName
     html: bool = Field(description="`<name>.html.j2` exists.")
     example: bool = Field(description="`<name>.example.json` exists.")
-    valid: bool
-    error: str | None
+    locales: list[str] = Field(
+        description='Tags of its locale variants (`<name>.<tag>.j2`), e.g. `["de"]`.'
+    )
+    valid: bool = Field(description="Every file of it, locale variants included, compiles.")
+    error: str | None = Field(description="The first compile error, naming its file.")
 
 
 class TemplateList(Shape):

@@ -183,6 +183,7 @@ class PostgresOutbox:
             "data": message.data,
             "now": now,
             "request_id": message.request_id,
+            "template_version": message.template_version or None,
             "subscribers": list(subscribers),
             "status": "queued" if lease is None else "sending",
             "owner": lease.owner if lease is not None else None,
@@ -216,6 +217,7 @@ class PostgresOutbox:
                 for name in subscribers
             ],
             request_id=message.request_id,
+            template_version=message.template_version or None,
         )
 
     async def get(self, message_id: str) -> MessageRecord | None:
@@ -542,8 +544,8 @@ async def _select_records(conn: Connection, ids: list[str]) -> list[MessageRecor
     if not ids:
         return []
     cursor = await conn.execute(
-        "SELECT id, template, message_id, sender, recipients, created_at, request_id"
-        " FROM notifier_messages WHERE id = ANY(%s)",
+        "SELECT id, template, message_id, sender, recipients, created_at, request_id,"
+        " template_version FROM notifier_messages WHERE id = ANY(%s)",
         (ids,),
     )
     messages = await cursor.fetchall()
@@ -577,6 +579,7 @@ async def _select_records(conn: Connection, ids: list[str]) -> list[MessageRecor
             created_at=row[5],
             deliveries=deliveries.get(row[0], []),
             request_id=row[6],
+            template_version=row[7],
         )
         for row in messages
     ]
@@ -592,8 +595,9 @@ def _unavailable(exc: BaseException) -> OutboxUnavailable:
 
 _ADD_MESSAGE = (
     " m AS (INSERT INTO notifier_messages (id, template, context_hash, message_id, sender,"
-    " recipients, data, created_at, request_id) SELECT %(id)s, %(template)s, %(hash)s,"
-    " %(message_id)s, %(sender)s, %(recipients)s, %(data)s, %(now)s, %(request_id)s"
+    " recipients, data, created_at, request_id, template_version) SELECT %(id)s,"
+    " %(template)s, %(hash)s, %(message_id)s, %(sender)s, %(recipients)s, %(data)s,"
+    " %(now)s, %(request_id)s, %(template_version)s"
 )
 _ADD_DELIVERIES = (
     " RETURNING id),"
@@ -669,5 +673,9 @@ _MIGRATIONS: list[str] = [
         expires_at double precision NOT NULL
     );
     CREATE INDEX notifier_idempotency_keys_expiry ON notifier_idempotency_keys (expires_at);
+    """,
+    # 2: the version of the template files that rendered each message (NULL before)
+    """
+    ALTER TABLE notifier_messages ADD COLUMN template_version text;
     """,
 ]

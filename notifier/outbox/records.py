@@ -59,6 +59,8 @@ class NewMessage:
     data: bytes = field(repr=False)
     #: The accepting HTTP request's id (``X-Request-ID``), for following it in logs.
     request_id: str | None = None
+    #: The version of the template files that rendered it ("" when not known).
+    template_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,9 @@ class MessageRecord:
     created_at: float
     deliveries: list[DeliveryRecord]
     request_id: str | None = None
+    #: 12 hex digits naming the template files that rendered it; None for messages
+    #: stored before notifier recorded it (or stored without one).
+    template_version: str | None = None
 
     @property
     def status(self) -> DeliveryStatus:
@@ -112,6 +117,7 @@ class MessageRecord:
             "created_at": iso_time(self.created_at),
             "envelope": {"from": self.sender, "to": self.recipients},
             "request_id": self.request_id,
+            "template_version": self.template_version,
             "subscribers": {d.subscriber: d.as_json() for d in self.deliveries},
         }
 

@@ -108,12 +108,14 @@ class SqliteOutbox:
                 for name in subscribers
             ],
             request_id=message.request_id,
+            template_version=message.template_version or None,
         )
 
         def insert(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO messages (id, template, context_hash, message_id, sender,"
-                " recipients, data, created_at, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " recipients, data, created_at, request_id, template_version)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record_id,
                     message.template,
@@ -124,6 +126,7 @@ class SqliteOutbox:
                     message.data,
                     now,
                     message.request_id,
+                    message.template_version or None,
                 ),
             )
             if lease is None:
@@ -420,8 +423,8 @@ class SqliteOutbox:
 
 def _select_record(db: sqlite3.Connection, message_id: str) -> MessageRecord | None:
     row = db.execute(
-        "SELECT id, template, message_id, sender, recipients, created_at, request_id"
-        " FROM messages WHERE id = ?",
+        "SELECT id, template, message_id, sender, recipients, created_at, request_id,"
+        " template_version FROM messages WHERE id = ?",
         (message_id,),
     ).fetchone()
     if row is None:
@@ -453,6 +456,7 @@ def _select_record(db: sqlite3.Connection, message_id: str) -> MessageRecord | N
         created_at=row[5],
         deliveries=deliveries,
         request_id=row[6],
+        template_version=row[7],
     )
 
 
@@ -512,6 +516,10 @@ _MIGRATIONS: list[str] = [
     # 4: purging by age without reading every message
     """
     CREATE INDEX messages_created_at ON messages (created_at);
+    """,
+    # 5: the version of the template files that rendered each message (NULL before)
+    """
+    ALTER TABLE messages ADD COLUMN template_version TEXT;
     """,
 ]
 
