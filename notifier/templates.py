@@ -37,12 +37,7 @@ import jinja2
 import jinja2.meta
 from jinja2.exceptions import SecurityError
 
-from notifier.errors import (
-    MissingVariable,
-    RenderBudgetExceeded,
-    TemplateError,
-    UnknownTemplate,
-)
+from notifier.errors import MissingVariable, RenderBudgetExceeded, TemplateError, UnknownTemplate
 from notifier.locales import FILTERS, RequestedLocale, formatting, requested_locale, tag_of_suffix
 from notifier.sandbox import (
     CR_MARK,
