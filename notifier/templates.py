@@ -27,6 +27,15 @@ import jinja2
 from jinja2.exceptions import SecurityError
 
 from notifier.errors import MissingVariable, RenderBudgetExceeded, TemplateError, UnknownTemplate
+from notifier.html_parts import (
+    ASSETS_FOLDER,
+    NO_CSS_INLINE,
+    InlineImage,
+    TemplateAssets,
+    inline_css,
+    safe_url,
+    wants_css_inlining,
+)
 from notifier.sandbox import (
     CR_MARK,
     LF_MARK,
@@ -45,6 +54,7 @@ __all__ = [
     "NAME_PATTERN",
     "VALUE_END",
     "VALUE_START",
+    "InlineImage",
     "RenderBudget",
     "RenderedTemplate",
     "TemplateInfo",
@@ -81,7 +91,14 @@ _PLAIN_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'
 
 
 class _TemplateLoader(jinja2.FileSystemLoader):
-    """Loads template files, refusing any that holds the characters value markers use."""
+    """Loads template files, refusing any that holds the characters value markers use,
+    and notes which opt out of CSS inlining (:data:`notifier.html_parts.NO_CSS_INLINE`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Template file names whose source holds the no-css-inline comment, as of their
+        #: latest load (Jinja loads a file again when it changes).
+        self.without_css_inlining: set[str] = set()
 
     def get_source(
         self, environment: jinja2.Environment, template: str
@@ -93,6 +110,10 @@ class _TemplateLoader(jinja2.FileSystemLoader):
                 " uses them internally",
                 template=template,
             )
+        if NO_CSS_INLINE.search(source) is None:
+            self.without_css_inlining.discard(template)
+        else:
+            self.without_css_inlining.add(template)
         return source, filename, uptodate
 
 
@@ -129,11 +150,14 @@ for _attribute, _value in list(vars(jinja2.Undefined).items()) + list(
 
 @dataclass(frozen=True, slots=True)
 class RenderedTemplate:
-    """The output of one render: ``text`` still carries value markers, ``html`` does not."""
+    """The output of one render: ``text`` still carries value markers, ``html`` does not
+    (its CSS is inlined already); ``inline_images`` are the images ``html`` shows by
+    ``cid:`` URL, in the order it first named them."""
 
     name: str
     text: str
     html: str | None
+    inline_images: tuple[InlineImage, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +193,7 @@ class TemplateStore:
         *,
         clock: Callable[[], datetime] | None = None,
         budget: RenderBudget = DEFAULT_BUDGET,
+        content_id_domain: str = "localhost",
     ) -> None:
         self.directory = directory
         self.budget = budget
@@ -179,8 +204,11 @@ class TemplateStore:
         self._html_names: set[str] = set()
         self._date_second = -1
         self._date_text = ""
+        self._loader = _TemplateLoader(directory, encoding="utf-8")
+        #: The images of ``<directory>/assets`` that HTML parts show (``inline_image``).
+        self.assets = TemplateAssets(directory / ASSETS_FOLDER, content_id_domain=content_id_domain)
         self.environment = TemplateSandbox(
-            loader=_TemplateLoader(directory, encoding="utf-8"),
+            loader=self._loader,
             undefined=_MissingVariableUndefined,
             autoescape=jinja2.select_autoescape(
                 enabled_extensions=("html.j2",), default_for_string=False, default=False
@@ -189,6 +217,8 @@ class TemplateStore:
             keep_trailing_newline=False,
         )
         self.environment.filters["mailbox"] = _mailbox
+        self.environment.filters["safe_url"] = safe_url
+        self.environment.globals["inline_image"] = self.assets.inline_image
 
     # -- discovery -----------------------------------------------------------------
 
@@ -249,7 +279,8 @@ class TemplateStore:
         a variable the context lacks, :class:`RenderBudgetExceeded` (422) when it runs
         out of time or output. With ``slice_seconds``, a render still running after that
         long raises :class:`SliceExhausted` instead (to be run again off the event loop).
-        ``date`` defaults to the current time (RFC 5322).
+        ``date`` defaults to the current time (RFC 5322). An HTML part's ``<style>`` is
+        inlined (:func:`notifier.html_parts.inline_css`) as part of the render.
         """
         text_template = self._load(name, TEXT_SUFFIX)
         html_template = self._load(name, HTML_SUFFIX) if self._has_html(name) else None
@@ -257,10 +288,16 @@ class TemplateStore:
             context = {**context, "date": self._current_date()}
         with rendering(self.budget, slice_seconds=slice_seconds) as state:
             text = state.fixed_marks(self._run(text_template, context))
-            html = None
-            if html_template is not None:
+            if html_template is None:
+                return RenderedTemplate(name=name, text=text, html=None)
+            with self.assets.collecting() as images:
                 html = state.unmark(self._run(html_template, context))
-        return RenderedTemplate(name=name, text=text, html=html)
+            opted_out = html_template.name in self._loader.without_css_inlining
+            if not opted_out and wants_css_inlining(html):
+                html = inline_css(html, state)
+        return RenderedTemplate(
+            name=name, text=text, html=html, inline_images=tuple(images.values())
+        )
 
     def _run(self, template: jinja2.Template, context: Mapping[str, Any]) -> str:
         try:
