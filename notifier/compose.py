@@ -7,7 +7,8 @@ and Bcc) and serialises the message with CRLF line ends, never writing Bcc.
 Two serialisers produce the bytes:
 
 * the ``email`` package (policy ``SMTP``) handles everything: quoted-printable or base64
-  bodies, multipart/alternative when the template has an HTML part, structured headers;
+  bodies, multipart/alternative when the template has an HTML part (its HTML part a
+  multipart/related with the inline images, when it shows any), structured headers;
   address headers, and text headers that are not ASCII or need folding, it takes as
   already written by :mod:`notifier.encoded_words` (RFC 2047 encoding and folding that
   keep every space, which the email package's own folder does not);
@@ -46,6 +47,7 @@ from notifier.templates import (
     LF_MARK,
     VALUE_END,
     VALUE_START,
+    InlineImage,
     RenderedTemplate,
     strip_marks,
 )
@@ -200,7 +202,9 @@ def compose_message(
     if rendered.html is None and not params:
         data = _fast_serialise(headers, body, subtype)
     if data is None:
-        data = _email_serialise(headers, addresses, body, subtype, params, rendered.html)
+        data = _email_serialise(
+            headers, addresses, body, subtype, params, rendered.html, rendered.inline_images
+        )
     return ComposedMessage(data=data, sender=sender, recipients=recipients, message_id=message_id)
 
 
@@ -687,6 +691,7 @@ def _email_serialise(
     subtype: str,
     params: dict[str, str],
     html: str | None,
+    inline_images: tuple[InlineImage, ...] = (),
 ) -> bytes:
     message = EmailMessage(policy=_SMTP_POLICY)
     for header in headers:
@@ -709,14 +714,35 @@ def _email_serialise(
     message.set_content(text, subtype=subtype, charset="utf-8", cte=cte, params=params or None)
     if html is not None:
         message.add_alternative("\n".join(_LINE_BREAK.split(html)), subtype="html", charset="utf-8")
-        for part in message.iter_parts():
-            # add_alternative copies MIME-Version into the parts; it belongs on top only.
-            del part["MIME-Version"]
+        if inline_images:
+            _add_related_images(list(message.iter_parts())[-1], inline_images)
+        for part in message.walk():
+            # add_alternative and add_related copy MIME-Version into the parts; it
+            # belongs on top only.
+            if part is not message:
+                del part["MIME-Version"]
     data = message.as_bytes()
     for line in data.split(b"\r\n"):
         if len(line) > MAX_LINE_OCTETS:
             raise ComposeError("a header cannot be folded within 998 octets per line")
     return data
+
+
+def _add_related_images(html_part: MIMEPart, images: tuple[InlineImage, ...]) -> None:
+    """Turn the HTML part into multipart/related[text/html, image, ...] (RFC 2387), each
+    image base64 with the Content-ID its ``cid:`` URL names, shown inline."""
+    for image in images:
+        maintype, _, subtype = image.content_type.partition("/")
+        html_part.add_related(
+            image.data,
+            maintype,
+            subtype,
+            cid=f"<{image.content_id}>",
+            disposition="inline",
+            filename=image.filename,
+        )
+    # RFC 2387 requires the type of the root part; the email package leaves it out.
+    html_part.set_param("type", "text/html")
 
 
 # The same header classes as the policies' default header factory.

@@ -8,9 +8,10 @@ runs in a pool of render processes, so that it never stalls the loop (and with i
 * a context larger than :data:`LOOP_CONTEXT_BYTES` goes to the pool at once;
 * a render that has used :data:`LOOP_SLICE_SECONDS` of CPU time stops and runs again in the
   pool with the whole ``limits.render_timeout``, and renders of that template go
-  straight to the pool for a while after;
-* a message whose header block or body is large enough that the email package could
-  take more than a few milliseconds over it is composed in the pool.
+  straight to the pool for a while after; so does a render whose HTML part is too long
+  to inline its CSS on the loop (:data:`notifier.html_parts.LOOP_CSS_INLINE_CHARS`);
+* a message whose header block, body or inline images are large enough that the email
+  package could take more than a few milliseconds over it is composed in the pool.
 
 Processes, not threads: a thread running a slow render holds the GIL in 5 ms turns, and
 the event loop, which takes it back at every ``await``, was measured answering
@@ -121,7 +122,12 @@ class Renderer:
         limits = settings.limits
         budget = RenderBudget(seconds=limits.render_timeout, max_output=limits.max_rendered_chars)
         return cls(
-            templates=TemplateStore(settings.templates.dir, clock=clock, budget=budget),
+            templates=TemplateStore(
+                settings.templates.dir,
+                clock=clock,
+                budget=budget,
+                content_id_domain=settings.message_id_domain,
+            ),
             message_id_domain=settings.message_id_domain,
             default_from=settings.defaults.from_,
             clock=clock,
@@ -299,7 +305,9 @@ def _start_worker(config: _RendererConfig) -> None:
     global _worker_renderer  # one renderer per render process, built once
     budget = RenderBudget(seconds=config.budget_seconds, max_output=config.max_output)
     _worker_renderer = Renderer(
-        templates=TemplateStore(config.templates_dir, budget=budget),
+        templates=TemplateStore(
+            config.templates_dir, budget=budget, content_id_domain=config.message_id_domain
+        ),
         message_id_domain=config.message_id_domain,
         default_from=config.default_from,
         max_recipients=config.max_recipients,
@@ -331,6 +339,9 @@ def _cheap_to_compose(rendered: RenderedTemplate) -> bool:
     if len(text) > LOOP_COMPOSE_HEADER_CHARS + LOOP_COMPOSE_BODY_CHARS:
         return False
     if rendered.html is not None and len(rendered.html) > LOOP_COMPOSE_BODY_CHARS:
+        return False
+    # Inline images are base64-encoded by the email package, a line at a time.
+    if sum(len(image.data) for image in rendered.inline_images) > LOOP_COMPOSE_BODY_CHARS:
         return False
     end = text.find("\n\n")
     return 0 <= end <= LOOP_COMPOSE_HEADER_CHARS

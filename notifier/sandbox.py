@@ -63,6 +63,7 @@ __all__ = [
     "TemplateSandbox",
     "rendering",
     "strip_marks",
+    "unmark_active",
 ]
 
 VALUE_START = "\ufdd0"
@@ -210,6 +211,13 @@ class rendering:  # lower case: it reads like the function it stands in for
 
     def __exit__(self, *exc_info: object) -> None:
         _local.state = self._previous
+
+
+def unmark_active(text: str) -> str:
+    """``text`` without the markers of the render in progress in this thread, for filters
+    that read values printed earlier (a ``{% set %}`` block); unchanged outside a render."""
+    state = _local.state
+    return text if state is None else state.unmark(text)
 
 
 def _state() -> RenderState:

@@ -38,6 +38,15 @@ import jinja2.meta
 from jinja2.exceptions import SecurityError
 
 from notifier.errors import MissingVariable, RenderBudgetExceeded, TemplateError, UnknownTemplate
+from notifier.html_parts import (
+    ASSETS_FOLDER,
+    NO_CSS_INLINE,
+    InlineImage,
+    TemplateAssets,
+    inline_css,
+    safe_url,
+    wants_css_inlining,
+)
 from notifier.locales import FILTERS, RequestedLocale, formatting, requested_locale, tag_of_suffix
 from notifier.sandbox import (
     CR_MARK,
@@ -57,6 +66,7 @@ __all__ = [
     "NAME_PATTERN",
     "VALUE_END",
     "VALUE_START",
+    "InlineImage",
     "RenderBudget",
     "RenderedTemplate",
     "TemplateInfo",
@@ -98,13 +108,18 @@ class _TemplateLoader(jinja2.FileSystemLoader):
     """Loads template files, refusing any that holds the characters value markers use.
 
     Remembers, for each file it loaded last, the SHA-256 of its text and the templates it
-    names in ``include``, ``import`` and ``extends``: the template version is made of them.
+    names in ``include``, ``import`` and ``extends`` (the template version is made of
+    them), and notes which files opt out of CSS inlining
+    (:data:`notifier.html_parts.NO_CSS_INLINE`).
     """
 
     def __init__(self, directory: Path, *, encoding: str) -> None:
         super().__init__(directory, encoding=encoding)
         #: Template file name -> (SHA-256 of its text, the templates it references).
         self.loaded: dict[str, tuple[str, tuple[str, ...]]] = {}
+        #: Template file names whose source holds the no-css-inline comment, as of their
+        #: latest load (Jinja loads a file again when it changes).
+        self.without_css_inlining: set[str] = set()
 
     def get_source(
         self, environment: jinja2.Environment, template: str
@@ -126,6 +141,10 @@ class _TemplateLoader(jinja2.FileSystemLoader):
             referenced = ()  # compiling it reports the error
         digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
         self.loaded[template] = (digest, referenced)
+        if NO_CSS_INLINE.search(source) is None:
+            self.without_css_inlining.discard(template)
+        else:
+            self.without_css_inlining.add(template)
         return source, filename, uptodate
 
 
@@ -162,7 +181,9 @@ for _attribute, _value in list(vars(jinja2.Undefined).items()) + list(
 
 @dataclass(frozen=True, slots=True)
 class RenderedTemplate:
-    """The output of one render: ``text`` still carries value markers, ``html`` does not."""
+    """The output of one render: ``text`` still carries value markers, ``html`` does not
+    (its CSS is inlined already); ``inline_images`` are the images ``html`` shows by
+    ``cid:`` URL, in the order it first named them."""
 
     name: str
     text: str
@@ -171,6 +192,7 @@ class RenderedTemplate:
     version: str = ""
     #: The request's locale (canonical BCP 47 tag), or None when it named none.
     locale: str | None = None
+    inline_images: tuple[InlineImage, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +272,7 @@ class TemplateStore:
         *,
         clock: Callable[[], datetime] | None = None,
         budget: RenderBudget = DEFAULT_BUDGET,
+        content_id_domain: str = "localhost",
     ) -> None:
         self.directory = directory
         self.budget = budget
@@ -262,6 +285,8 @@ class TemplateStore:
         self._date_second = -1
         self._date_text = ""
         self._loader = _TemplateLoader(directory, encoding="utf-8")
+        #: The images of ``<directory>/assets`` that HTML parts show (``inline_image``).
+        self.assets = TemplateAssets(directory / ASSETS_FOLDER, content_id_domain=content_id_domain)
         self.environment = TemplateSandbox(
             loader=self._loader,
             undefined=_MissingVariableUndefined,
@@ -273,6 +298,8 @@ class TemplateStore:
         )
         self.environment.filters["mailbox"] = _mailbox
         self.environment.filters.update(FILTERS)
+        self.environment.filters["safe_url"] = safe_url
+        self.environment.globals["inline_image"] = self.assets.inline_image
 
     # -- discovery -----------------------------------------------------------------
 
@@ -351,7 +378,8 @@ class TemplateStore:
         a variable the context lacks, :class:`RenderBudgetExceeded` (422) when it runs
         out of time or output. With ``slice_seconds``, a render still running after that
         long raises :class:`SliceExhausted` instead (to be run again off the event loop).
-        ``date`` defaults to the current time (RFC 5322).
+        ``date`` defaults to the current time (RFC 5322). An HTML part's ``<style>`` is
+        inlined (:func:`notifier.html_parts.inline_css`) as part of the render.
 
         The context member ``locale`` picks the files (see the module doc) and the locale
         the Babel filters format in; an invalid one is :class:`InvalidLocale` (422). The
@@ -370,6 +398,7 @@ class TemplateStore:
         html_loaded = self._load(name, html_file) if html_file is not None else None
         if "date" not in context:
             context = {**context, "date": self._current_date()}
+        images: dict[str, InlineImage] = {}
         with (
             rendering(self.budget, slice_seconds=slice_seconds) as state,
             formatting(requested, state),
@@ -377,13 +406,18 @@ class TemplateStore:
             text = state.fixed_marks(self._run(text_loaded.template, context))
             html = None
             if html_loaded is not None:
-                html = state.unmark(self._run(html_loaded.template, context))
+                with self.assets.collecting() as images:
+                    html = state.unmark(self._run(html_loaded.template, context))
+                opted_out = html_loaded.template.name in self._loader.without_css_inlining
+                if not opted_out and wants_css_inlining(html):
+                    html = inline_css(html, state)
         return RenderedTemplate(
             name=name,
             text=text,
             html=html,
             version=self._version(text_loaded, html_loaded),
             locale=requested.tag if requested is not None else None,
+            inline_images=tuple(images.values()),
         )
 
     def _run(self, template: jinja2.Template, context: Mapping[str, Any]) -> str:
