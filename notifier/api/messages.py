@@ -24,7 +24,7 @@ from quart_schema import (
 )
 
 from notifier.api.openapi import Shape, absent, document_problems
-from notifier.api.render import Context, Envelope, TemplateName, read_json_object
+from notifier.api.render import Context, Envelope, TemplateName, read_message_request
 from notifier.api.tracing import request_id
 from notifier.errors import InvalidQuery, UnknownMessage
 from notifier.outbox import DELIVERY_STATUSES, DeliveryStatus, Outbox
@@ -150,11 +150,12 @@ async def send_message(name: TemplateName) -> Response:
     the same template and body returns the first response.
     """
     sending: Sending = current_app.extensions["notifier.sending"]
-    context, size = await read_json_object()
+    asked = await read_message_request()
     accepted = await sending.accept(
         name,
-        context,
-        context_bytes=size,
+        asked.context,
+        context_bytes=asked.context_bytes,
+        attachments=asked.attachments,
         idempotency_key=request.headers.get("Idempotency-Key"),
         caller=getattr(g, "token_name", None),
         request_id=request_id(),
