@@ -23,8 +23,15 @@ from quart_schema import (
     tag,
 )
 
-from notifier.api.openapi import Shape, absent, document_problems
-from notifier.api.render import Context, Envelope, TemplateName, read_message_request
+from notifier.api.openapi import Shape, absent, document_problems, document_request_media
+from notifier.api.render import (
+    FORM_ENCODING,
+    Context,
+    Envelope,
+    MessageForm,
+    TemplateName,
+    read_message_request,
+)
 from notifier.api.tracing import request_id
 from notifier.errors import InvalidQuery, UnknownMessage
 from notifier.outbox import DELIVERY_STATUSES, DeliveryStatus, Outbox
@@ -140,6 +147,7 @@ def _accepted(accepted: Acceptance) -> Response:
 @messages.post("/send/<name>")
 @tag(["messages"])
 @document_request(Context)
+@document_request_media(MessageForm, "multipart/form-data", encoding=FORM_ENCODING)
 @document_headers(SendHeaders)
 @document_response(Accepted, 202, AcceptedHeaders)
 @document_problems(404, 409, 422, 503)

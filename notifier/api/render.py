@@ -20,7 +20,12 @@ from quart import Blueprint, Response, current_app, request
 from quart_schema import document_request, document_response, tag_blueprint
 
 from notifier.api.multipart import read_form
-from notifier.api.openapi import Shape, document_media, document_problems
+from notifier.api.openapi import (
+    Shape,
+    document_media,
+    document_problems,
+    document_request_media,
+)
 from notifier.compose import Attachment, ComposedMessage, message_view
 from notifier.errors import BadRequestBody, UnsupportedMediaType
 from notifier.metrics import Metrics
@@ -29,8 +34,10 @@ from notifier.settings import Settings
 from notifier.templates import NAME_PATTERN
 
 __all__ = [
+    "FORM_ENCODING",
     "Context",
     "Envelope",
+    "MessageForm",
     "MessageRequest",
     "TemplateName",
     "json_object",
@@ -74,6 +81,27 @@ class Context(RootModel[dict[str, Any]]):
             ]
         }
     )
+
+
+class MessageForm(Shape):
+    """The context and files to attach (`multipart/form-data`): one part `context`, the
+    JSON object, and one part `attachment` per file, whose file name and `Content-Type`
+    (`application/octet-stream` when absent) the attachment keeps. A form without
+    attachments is the same request as its context sent as JSON."""
+
+    context: dict[str, Any] = Field(
+        description="The template context, a JSON object (part type `application/json`, "
+        "`text/plain` or none)."
+    )
+    attachment: list[bytes] = Field(
+        default_factory=list,
+        description="The files, in order. Each part needs a file name (no path, no control"
+        " characters, at most 255 characters).",
+    )
+
+
+#: How the parts of a :class:`MessageForm` are sent.
+FORM_ENCODING = {"context": {"contentType": "application/json"}}
 
 
 class Envelope(Shape):
@@ -201,6 +229,7 @@ def _refuse_constant(name: str) -> Any:
 
 @render.post("/render/<name>")
 @document_request(Context)
+@document_request_media(MessageForm, "multipart/form-data", encoding=FORM_ENCODING)
 @document_response(RenderedMessage)
 @document_media(RawMessage, "message/rfc822")
 @document_problems(404, 422, 503)
