@@ -183,7 +183,12 @@ async def read_form(limits: LimitsSettings) -> Form:
     try:
         async with asyncio.timeout(request.body_timeout):
             async for chunk in request.body:
-                reader.feed(chunk)
+                for start in range(0, len(chunk), FEED_BYTES):
+                    if start:
+                        # A chunk can be the whole body (the client was faster than this
+                        # loop): let other requests run between slices.
+                        await asyncio.sleep(0)
+                    reader.feed(chunk[start : start + FEED_BYTES])
     except TimeoutError:
         raise RequestTimeout() from None
     except RequestEntityTooLarge:
@@ -207,7 +212,7 @@ class _Part:
 
 
 class _FormReader:
-    """Feeds a body to the decoder slice by slice and checks each part as it comes."""
+    """Feeds a body to the decoder and checks each part as it comes."""
 
     def __init__(self, boundary: bytes, limits: LimitsSettings) -> None:
         self._decoder = MultipartDecoder(boundary)
@@ -217,18 +222,17 @@ class _FormReader:
         self._attachments: list[Attachment] = []
         self._attachment_bytes = 0
 
-    def feed(self, chunk: bytes) -> None:
-        for start in range(0, len(chunk), FEED_BYTES):
-            self._decoder.receive_data(chunk[start : start + FEED_BYTES])
-            self._read_events()
-            state = self._decoder.state
-            if state in (State.PREAMBLE, State.PART) and (
-                len(self._decoder.buffer) > MAX_PART_HEADER_BYTES
-            ):
-                where = "the preamble" if state is State.PREAMBLE else "a part's header block"
-                raise InvalidMultipart(
-                    f"{where} is longer than {MAX_PART_HEADER_BYTES} bytes (is the boundary right?)"
-                )
+    def feed(self, data: bytes) -> None:
+        self._decoder.receive_data(data)
+        self._read_events()
+        state = self._decoder.state
+        if state in (State.PREAMBLE, State.PART) and (
+            len(self._decoder.buffer) > MAX_PART_HEADER_BYTES
+        ):
+            where = "the preamble" if state is State.PREAMBLE else "a part's header block"
+            raise InvalidMultipart(
+                f"{where} is longer than {MAX_PART_HEADER_BYTES} bytes (is the boundary right?)"
+            )
 
     def finish(self) -> Form:
         self._decoder.receive_data(None)
