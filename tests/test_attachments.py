@@ -30,9 +30,9 @@ from tests.servers import ServeProcess
 ROOT = Path(__file__).resolve().parent.parent
 BOUNDARY = "test-boundary-7f3a"
 FORM = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-GERMAN = "Rechnung März 2026 – Bestellung.pdf"
+GERMAN = "Rechnung März 2026 \u2013 Bestellung.pdf"  # an en dash
 JAPANESE = "請求書_2026年3月_ご注文ありがとうございます.pdf"
-LONG = "Sehr geehrte Kundin – " * 8 + "請求書" * 20 + ".pdf"  # 240 characters
+LONG = "Sehr geehrte Kundin \u2013 " * 8 + "請求書" * 20 + ".pdf"  # 240 characters
 
 Part = tuple[str, bytes]  # (the part's header lines, its content)
 
@@ -221,6 +221,47 @@ async def test_html_template_keeps_its_alternative_as_the_first_part(
     ]
     assert message.get_body(preferencelist=("html",)) is not None
     assert attachments_of(message) == [("note.pdf", "application/pdf", pdf)]
+
+
+async def test_bytes_that_look_like_the_boundary_stay_in_the_file(
+    client: QuartClient, burger_order: Any
+) -> None:
+    # Inside a file, the boundary counts only after a line break and before another (or
+    # "--"): every near miss is the file's own content.
+    tricky = (
+        b"".join(
+            [
+                f"--{BOUNDARY}x\r\n".encode(),
+                f"\r\n--{BOUNDARY}x".encode(),
+                f"\n-{BOUNDARY}\r\n".encode(),
+                b"\r\n--" + BOUNDARY[:-1].encode() + b"\r\n",
+                b"\r" * 1000,
+                b"\n" * 1000,
+            ]
+        )
+        * 200
+    )
+    body = form_body([context_part(burger_order), file_part("tricky.bin", tricky)])
+    response = await client.post("/v1/render/burger_receipt", data=body, headers=FORM)
+    assert response.status_code == 200, await response.get_data(as_text=True)
+    assert attachments_of(parse(await response.get_data())) == [
+        ("tricky.bin", "application/pdf", tricky)
+    ]
+
+
+async def test_many_tiny_parts_are_refused_at_the_limit(
+    client: QuartClient, burger_order: Any
+) -> None:
+    # 50,000 parts in 6 MB: refused once the 101st file starts, not after reading all.
+    parts = [context_part(burger_order)] + [file_part("a", b"")] * 50_000
+    body = form_body(parts)
+    assert len(body) < 10 * 2**20
+    problem = await assert_problem(
+        await client.post("/v1/render/burger_receipt", data=body, headers=FORM),
+        413,
+        "payload-too-large",
+    )
+    assert problem["limit"] == "limits.max_attachments"
 
 
 async def test_attachment_without_content_type_is_octet_stream_and_text_keeps_charset(
