@@ -160,6 +160,22 @@ async def test_pdf_attachment_arrives_byte_for_byte_after_the_text(
     assert status["status"] == "delivered"
 
 
+async def test_ten_mib_at_the_default_limit_are_delivered_whole(
+    serving: MakeClient, attaching_settings: dict[str, Any], smtp_capture: Any, burger_order: Any
+) -> None:
+    # limits.max_attachment_bytes is 10 MiB by default; the message is about 14 MiB, which
+    # the capture server (like a relay) must take.
+    content = bytes(range(256)) * (10 * 2**20 // 256)
+    client = await serving(attaching_settings)
+    body = form_body([context_part(burger_order), file_part("big.bin", content)])
+    response = await client.post("/v1/send/burger_receipt", data=body, headers=FORM)
+    assert response.status_code == 202, await response.get_data(as_text=True)
+    (captured,) = await smtp_capture.wait_for_async(1, timeout=30)
+    assert attachments_of(parse(captured.data)) == [("big.bin", "application/pdf", content)]
+    status = await wait_for_status(client, response.headers["Location"], finished, timeout=30)
+    assert status["status"] == "delivered"
+
+
 @pytest.mark.parametrize("filename", [GERMAN, JAPANESE, LONG, 'quote " and semi;colon.txt'])
 async def test_file_names_are_encoded_and_read_back(
     serving: MakeClient,
