@@ -212,27 +212,25 @@ def compose_message(
 
 def message_view(data: bytes) -> dict[str, Any]:
     """The JSON view of composed bytes, read back by the ``email`` parser so it agrees
-    with the bytes: ``headers`` (decoded), ``text``, ``html`` and ``raw``, and
-    ``attachments``: ``filename``, ``content_type`` and ``size``
-    (decoded bytes) of each, in order (``[]`` without)."""
+    with the bytes: ``headers`` (decoded), ``text``, ``html``, ``raw``, and
+    ``attachments``: ``filename``, ``content_type`` and ``size`` (decoded bytes) of each,
+    in order (``[]`` without)."""
     message = BytesParser(policy=_PARSE_POLICY).parsebytes(data)
     assert isinstance(message, EmailMessage)
     text_part = message.get_body(preferencelist=("plain",))
     html_part = message.get_body(preferencelist=("html",))
     if text_part is None:  # a template whose Content-Type is text/html and no .html.j2
         text_part = html_part if message.get_content_maintype() == "text" else None
-    view: dict[str, Any] = {
+    mixed = message.get_content_type() == "multipart/mixed"
+    return {
         "headers": {name: _decoded_header(raw) for name, raw in message.raw_items()},
         "text": _part_text(text_part) if text_part is not None else "",
         "html": _part_text(html_part) if html_part is not None else None,
         "raw": data.decode("ascii"),
+        "attachments": [_attachment_view(part) for part in message.iter_attachments()]
+        if mixed
+        else [],
     }
-    view["attachments"] = (
-        [_attachment_view(part) for part in message.iter_attachments()]
-        if message.get_content_type() == "multipart/mixed"
-        else []
-    )
-    return view
 
 
 def _attachment_view(part: MIMEPart) -> dict[str, Any]:
@@ -834,13 +832,12 @@ _HEADER_END = re.compile(rb"\r\n\r\n")
 class Attachment:
     """A file to attach to a message: its name, media type and bytes.
 
-    Checked when made: whitespace around the file name is removed; a file name that is
-    then empty, longer than
-    :data:`MAX_FILENAME_CHARS`, ``.`` or ``..``, or that holds a path separator or a
-    control character, and a media type that is not ``type/subtype`` (or is multipart or
-    message, which cannot be sent base64-encoded), raise :class:`InvalidAttachment`
-    (422). An empty ``content_type`` means ``application/octet-stream``; only a
-    ``charset`` parameter is kept.
+    Checked when made: a file name that holds a path separator or a control character,
+    or that is empty, ``.``, ``..`` or longer than :data:`MAX_FILENAME_CHARS` once the
+    whitespace around it is removed, and a media type that is not ``type/subtype`` (or is
+    multipart or message, which cannot be sent base64-encoded), raise
+    :class:`InvalidAttachment` (422). An empty ``content_type`` means
+    ``application/octet-stream``; only a ``charset`` parameter is kept.
     """
 
     filename: str

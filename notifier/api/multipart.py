@@ -171,8 +171,8 @@ async def read_form(limits: LimitsSettings) -> Form:
     Raises :class:`InvalidMultipart` (400) for a body that cannot be read,
     :class:`BadRequestBody` (400) without a ``context`` part, :class:`UnsupportedMediaType`
     (415) for a ``context`` part that is not JSON or text, :class:`InvalidAttachment` (422)
-    and :class:`PayloadTooLarge` (413). A body that stops arriving for
-    ``BODY_TIMEOUT`` seconds is a 408.
+    and :class:`PayloadTooLarge` (413). A body that has not arrived whole within Quart's
+    ``BODY_TIMEOUT`` (60 seconds), as for JSON bodies, is a 408.
     """
     boundary = request.mimetype_params.get("boundary", "")
     if _BOUNDARY.fullmatch(boundary) is None:
