@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import email.header
 import email.policy
+import functools
 import json
 import re
 import zlib
@@ -796,6 +797,52 @@ def test_any_file_name_and_bytes_survive_the_round_trip(files: list[tuple[str, b
 def test_file_names_with_control_characters_or_paths_are_refused(name: str) -> None:
     with pytest.raises(InvalidAttachment):
         Attachment(name, "", b"")
+
+
+_VALID_FORM = form_body(
+    [context_part(_order()), file_part(GERMAN, b"%PDF-1.7\r\n--x\r\n"), file_part("b", b"")]
+)
+_NEAR_MISSES = st.sampled_from(
+    [b"\r\n", b"\r", b"\n", b"--", f"--{BOUNDARY}".encode(), b'"', b";", b":", b"\x00", b"\xff"]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, len(_VALID_FORM)),
+            st.integers(0, 8),
+            _NEAR_MISSES | st.binary(max_size=8),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+async def test_a_damaged_form_is_answered_with_a_problem_never_a_500(
+    edits: list[tuple[int, int, bytes]],
+) -> None:
+    body = bytearray(_VALID_FORM)
+    for position, removed, inserted in edits:
+        body[position : position + removed] = inserted
+    client = _fuzz_app().test_client()
+    response = await client.post("/v1/render/burger_receipt", data=bytes(body), headers=FORM)
+    assert response.status_code in (200, 400, 413, 415, 422), await response.get_data()
+    if response.status_code != 200:
+        assert response.headers["Content-Type"] == "application/problem+json"
+
+
+@functools.cache
+def _fuzz_app() -> Any:
+    return create_app(
+        Settings.from_mapping(
+            {
+                "templates": {"dir": str(ROOT / "templates")},
+                "outbox": {"path": "unused.sqlite3"},
+                "limits": {"allowed_senders": ["*"]},
+            }
+        )
+    )
 
 
 # -- end to end -----------------------------------------------------------------------
