@@ -14,6 +14,7 @@ from quart import Quart
 
 from notifier.api import register_blueprints
 from notifier.api.auth import Authenticator
+from notifier.api.multipart import request_class as multipart_request_class
 from notifier.api.ratelimit import RateLimiter
 from notifier.api.tracing import init_tracing
 from notifier.dispatch import Dispatcher
@@ -74,6 +75,8 @@ def create_app(
     app.url_map.strict_slashes = False
     app.url_map.redirect_defaults = False
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
+    # A multipart/form-data send or render may be larger: it carries attachments.
+    app.request_class = multipart_request_class(settings.limits)
     metrics = Metrics()
     app.extensions["notifier.settings"] = settings
     app.extensions["notifier.metrics"] = metrics

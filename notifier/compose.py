@@ -24,10 +24,12 @@ Internal to notifier: not part of its public API (see :mod:`notifier`).
 
 from __future__ import annotations
 
+import binascii
 import functools
+import hashlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
@@ -41,7 +43,13 @@ from typing import Any
 import idna
 
 from notifier.encoded_words import FOLD_COLUMN, fold_mailboxes, fold_text
-from notifier.errors import ComposeError, HeaderInjection, InvalidAddress, TemplateError
+from notifier.errors import (
+    ComposeError,
+    HeaderInjection,
+    InvalidAddress,
+    InvalidAttachment,
+    TemplateError,
+)
 from notifier.templates import (
     CR_MARK,
     LF_MARK,
@@ -52,7 +60,7 @@ from notifier.templates import (
     strip_marks,
 )
 
-__all__ = ["ComposedMessage", "compose_message", "message_view"]
+__all__ = ["Attachment", "ComposedMessage", "attach", "compose_message", "message_view"]
 
 #: RFC 5322: at most 998 octets per line, excluding CRLF.
 MAX_LINE_OCTETS = 998
@@ -210,18 +218,33 @@ def compose_message(
 
 def message_view(data: bytes) -> dict[str, Any]:
     """The JSON view of composed bytes, read back by the ``email`` parser so it agrees
-    with the bytes: ``headers`` (decoded), ``text``, ``html`` and ``raw``."""
+    with the bytes: ``headers`` (decoded), ``text``, ``html``, ``raw``, and
+    ``attachments``: ``filename``, ``content_type`` and ``size`` (decoded bytes) of each,
+    in order (``[]`` without)."""
     message = BytesParser(policy=_PARSE_POLICY).parsebytes(data)
     assert isinstance(message, EmailMessage)
     text_part = message.get_body(preferencelist=("plain",))
     html_part = message.get_body(preferencelist=("html",))
     if text_part is None:  # a template whose Content-Type is text/html and no .html.j2
         text_part = html_part if message.get_content_maintype() == "text" else None
+    mixed = message.get_content_type() == "multipart/mixed"
     return {
         "headers": {name: _decoded_header(raw) for name, raw in message.raw_items()},
         "text": _part_text(text_part) if text_part is not None else "",
         "html": _part_text(html_part) if html_part is not None else None,
         "raw": data.decode("ascii"),
+        "attachments": [_attachment_view(part) for part in message.iter_attachments()]
+        if mixed
+        else [],
+    }
+
+
+def _attachment_view(part: MIMEPart) -> dict[str, Any]:
+    content = part.get_payload(decode=True)
+    return {
+        "filename": part.get_filename(),
+        "content_type": part.get_content_type(),
+        "size": len(content) if isinstance(content, bytes) else 0,
     }
 
 
@@ -799,3 +822,245 @@ class _FoldedAddressHeader:
 
 
 _PLAIN_TEXT = re.compile("[^\x00-\x08\x0b-\x1f\x7f-\x9f]*")
+
+
+# -- attachments -------------------------------------------------------------------------
+
+#: Longest attachment file name, in characters (most file systems take 255).
+MAX_FILENAME_CHARS = 255
+#: Longest attachment media type (RFC 6838 4.2: 127 characters for type and subtype each).
+MAX_MEDIA_TYPE_CHARS = 255
+#: Input bytes per base64 line: 57 bytes make the 76 characters RFC 2045 6.8 allows.
+_BASE64_LINE_BYTES = 57
+#: Input bytes encoded per step: big enough for C to do the work, small enough that the
+#: intermediate pieces stay small (and that a thread doing this lets the GIL go often).
+_BASE64_BLOCK_BYTES = _BASE64_LINE_BYTES * 2048
+
+# Control characters, line and paragraph separators, lone surrogates, and path separators
+# have no place in a file name a mail client will save under.
+_FORBIDDEN_IN_FILENAME = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_PATH_SEPARATOR = re.compile(r"[/\\]")
+# RFC 6838 4.2: the characters of a type or subtype name.
+_RESTRICTED_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(rf"({_RESTRICTED_NAME})/({_RESTRICTED_NAME})")
+_CHARSET_PARAMETER = re.compile(
+    r";\s*charset\s*=\s*\"?([A-Za-z0-9_.:-]{1,40})\"?\s*(?:;|$)", re.IGNORECASE
+)
+# RFC 2231 attribute-char (RFC 5987 attr-char): what an extended value writes as itself.
+_ATTRIBUTE_CHARS = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$&+-.^_`|~"
+)
+# A file name written as a plain quoted-string: printable ASCII without quote or backslash
+# (a backslash-escaped quote is valid, but some clients save it with the backslash).
+_PLAIN_FILENAME = re.compile(r"[!#-\[\]-~](?:[ !#-\[\]-~]*[!#-\[\]-~])?")
+_HEADER_END = re.compile(rb"\r\n\r\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file to attach to a message: its name, media type and bytes.
+
+    Checked when made: a file name that holds a path separator or a control character,
+    or that is empty, ``.``, ``..`` or longer than :data:`MAX_FILENAME_CHARS` once the
+    whitespace around it is removed, and a media type that is not ``type/subtype`` (or is
+    multipart or message, which cannot be sent base64-encoded), raise
+    :class:`InvalidAttachment` (422). An empty ``content_type`` means
+    ``application/octet-stream``; only a ``charset`` parameter is kept.
+    """
+
+    filename: str
+    content_type: str
+    content: bytes
+    #: SHA-256 of ``content``: computed here when not given (the multipart reader hashes
+    #: the bytes as they arrive, so that nothing runs over 10 MiB on the event loop).
+    sha256: bytes = b""
+
+    def __post_init__(self) -> None:
+        # Readers strip whitespace around a file name (Python's email package, mail
+        # clients saving the file): strip it here, so that the name sent is the name read.
+        # Control characters are refused before, not stripped (\x1c to \x1f count as
+        # whitespace for str.strip).
+        _check_filename(self.filename)
+        object.__setattr__(self, "filename", self.filename.strip())
+        _check_filename(self.filename)
+        object.__setattr__(self, "content_type", _attachment_media_type(self.content_type))
+        if not self.sha256:
+            object.__setattr__(self, "sha256", hashlib.sha256(self.content).digest())
+
+
+def _check_filename(filename: str) -> None:
+    if not filename:
+        raise InvalidAttachment("an attachment needs a file name", filename=filename)
+    if len(filename) > MAX_FILENAME_CHARS:
+        raise InvalidAttachment(
+            f"an attachment's file name is {len(filename)} characters long; the limit is"
+            f" {MAX_FILENAME_CHARS}",
+            filename=filename[:MAX_FILENAME_CHARS],
+        )
+    if _FORBIDDEN_IN_FILENAME.search(filename) is not None:
+        raise InvalidAttachment(
+            "an attachment's file name holds a control character (CR, LF, NUL or another)",
+            filename=filename.encode("ascii", "backslashreplace").decode("ascii"),
+        )
+    if _PATH_SEPARATOR.search(filename) is not None or filename in (".", ".."):
+        raise InvalidAttachment(
+            "an attachment's file name must be a name, not a path", filename=filename
+        )
+
+
+def _attachment_media_type(value: str) -> str:
+    media_type, _, parameters = value.strip(" \t").partition(";")
+    media_type = media_type.strip(" \t").lower()
+    if not media_type:
+        return "application/octet-stream"
+    match = _MEDIA_TYPE.fullmatch(media_type)
+    if match is None or len(media_type) > MAX_MEDIA_TYPE_CHARS:
+        raise InvalidAttachment(
+            f"an attachment's content type {value[:80]!r} is not type/subtype",
+            content_type=value[:MAX_MEDIA_TYPE_CHARS],
+        )
+    if match[1] in ("multipart", "message"):
+        # RFC 2046 5: composite types may not be base64-encoded; send the bytes as data.
+        raise InvalidAttachment(
+            f"an attachment cannot be {match[1]}/*; send it as application/octet-stream",
+            content_type=media_type,
+        )
+    charset = _CHARSET_PARAMETER.search(";" + parameters) if match[1] == "text" else None
+    if charset is not None:
+        return f'{media_type}; charset="{charset[1].lower()}"'
+    return media_type
+
+
+def attach(data: bytes, attachments: Sequence[Attachment], *, boundary: str | None = None) -> bytes:
+    """Composed message bytes with ``attachments`` added: a multipart/mixed message.
+
+    The message's own content (its Content-Type and Content-Transfer-Encoding and its
+    body: text, or the multipart/alternative of text and HTML) becomes the first part,
+    unchanged; every other header stays on top. Each attachment follows as a base64 part
+    (lines of 76 characters) with ``Content-Disposition: attachment``; its file name is
+    written per RFC 2231 (``filename*=utf-8''...``, continued over several lines when
+    long) and, for clients that only read Content-Type's ``name``, as RFC 2047
+    encoded-words there, as Thunderbird writes them. Every line fits in 78 characters.
+
+    ``boundary`` is for tests; by default a random one is chosen. Without attachments,
+    ``data`` is returned as it is.
+    """
+    if not attachments:
+        return data
+    end = _HEADER_END.search(data)
+    if end is None:
+        raise ValueError("composed bytes without a header block")
+    head, body = data[: end.start() + 2], data[end.end() :]
+    top: list[bytes] = []
+    content: list[bytes] = []
+    for field in _header_fields(head):
+        name = field[: field.index(b":")].strip().lower()
+        (content if name in (b"content-type", b"content-transfer-encoding") else top).append(field)
+    if boundary is None:
+        boundary = _new_boundary(body)
+    elif f"--{boundary}".encode("ascii") in body:
+        raise ValueError("the boundary occurs in the message")
+    delimiter = f"\r\n--{boundary}".encode("ascii")
+    out = [
+        b"".join(top),
+        f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'.encode("ascii"),
+        delimiter[2:],
+        b"\r\n",
+        *content,
+        b"\r\n",
+        body,
+    ]
+    for attachment in attachments:
+        out += (delimiter, b"\r\n", _attachment_headers(attachment), b"\r\n")
+        out += _base64_lines(attachment.content)
+    out += (delimiter, b"--\r\n")
+    return b"".join(out)
+
+
+def _header_fields(head: bytes) -> list[bytes]:
+    """The header block's fields, each with its continuation lines and final CRLF."""
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line + b"\r\n"
+        else:
+            fields.append(line + b"\r\n")
+    return fields
+
+
+def _new_boundary(body: bytes) -> str:
+    # "=_" cannot occur in base64 or quoted-printable text; the random part makes it
+    # unguessable for the request data in a 7bit text part.
+    while True:
+        boundary = f"=_notifier_{os.urandom(12).hex()}"
+        if f"--{boundary}".encode("ascii") not in body:
+            return boundary
+
+
+def _attachment_headers(attachment: Attachment) -> bytes:
+    filename = attachment.filename
+    if _PLAIN_FILENAME.fullmatch(filename) and len(filename) <= FOLD_COLUMN - 13:
+        name = f' name="{filename}"'
+        disposition = f' filename="{filename}"'
+    else:
+        name = ' name="' + "\r\n ".join(_encoded_words(filename)) + '"'
+        disposition = _rfc2231_parameter("filename", filename)
+    return (
+        f"Content-Type: {attachment.content_type};\r\n{name}\r\n"
+        f"Content-Disposition: attachment;\r\n{disposition}\r\n"
+        "Content-Transfer-Encoding: base64\r\n"
+    ).encode("ascii")
+
+
+def _encoded_words(text: str) -> list[str]:
+    """``text`` as RFC 2047 B encoded-words of whole characters, each short enough that
+    ``name="`` and the word fit on one line."""
+    words: list[str] = []
+    chunk = bytearray()
+    for char in text:
+        octets = char.encode("utf-8")
+        if len(chunk) + len(octets) > 42:  # 42 octets: 56 base64 characters, a 68-char word
+            words.append(_b_word(chunk))
+            chunk.clear()
+        chunk += octets
+    words.append(_b_word(chunk))
+    return words
+
+
+def _b_word(octets: bytes | bytearray) -> str:
+    return "=?utf-8?b?" + binascii.b2a_base64(octets, newline=False).decode("ascii") + "?="
+
+
+def _rfc2231_parameter(attribute: str, value: str) -> str:
+    """`` attribute*=utf-8''...`` (RFC 2231), as numbered continuations on lines of their
+    own when it is too long for one; a continuation never splits a character."""
+    pieces = [
+        "".join(chr(o) if o in _ATTRIBUTE_CHARS else f"%{o:02X}" for o in char.encode("utf-8"))
+        for char in value
+    ]
+    room = FOLD_COLUMN - len(attribute) - 8  # " attribute*NN*=" and ";"
+    whole = "utf-8''" + "".join(pieces)
+    if len(whole) <= room:
+        return f" {attribute}*={whole}"
+    segments = ["utf-8''"]
+    for piece in pieces:
+        if len(segments[-1]) + len(piece) > room:
+            segments.append("")
+        segments[-1] += piece
+    return ";\r\n".join(f" {attribute}*{number}*={text}" for number, text in enumerate(segments))
+
+
+def _base64_lines(content: bytes) -> list[bytes]:
+    """``content`` in base64, lines of 76 characters ending in CRLF, in blocks.
+
+    ``base64.encodebytes`` would loop over the lines the same way, in one piece, and
+    then the line ends would still need a second copy to become CRLF.
+    """
+    view = memoryview(content)
+    blocks: list[bytes] = []
+    step = _BASE64_LINE_BYTES
+    for start in range(0, len(view), _BASE64_BLOCK_BYTES):
+        block = view[start : start + _BASE64_BLOCK_BYTES]
+        lines = [binascii.b2a_base64(block[i : i + step]) for i in range(0, len(block), step)]
+        blocks.append(b"".join(lines).replace(b"\n", b"\r\n"))
+    return blocks

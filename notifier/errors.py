@@ -18,14 +18,17 @@ __all__ = [
     "IdempotencyConflict",
     "IdempotencyMismatch",
     "InvalidAddress",
+    "InvalidAttachment",
     "InvalidIdempotencyKey",
     "InvalidLocale",
+    "InvalidMultipart",
     "InvalidQuery",
     "MissingVariable",
     "NothingToRetry",
     "NotifierError",
     "OutboxUnavailable",
     "PartialDelivery",
+    "PayloadTooLarge",
     "PermanentFailure",
     "RateLimited",
     "RenderBudgetExceeded",
@@ -71,6 +74,22 @@ class BadRequestBody(NotifierError, ValueError):
     status = 400
     slug = "invalid-json"
     title = "Request body is not a JSON object"
+
+
+class InvalidMultipart(BadRequestBody):
+    """A ``multipart/form-data`` request that cannot be read: no boundary, cut short, a
+    part without a name or with an unknown one, ``context`` twice (400)."""
+
+    slug = "invalid-multipart"
+    title = "Malformed multipart/form-data request"
+
+
+class PayloadTooLarge(NotifierError):
+    """A request over one of the size limits; ``limit`` names the setting (413)."""
+
+    status = 413
+    slug = "payload-too-large"
+    title = "Request too large"
 
 
 class UnsupportedMediaType(NotifierError, ValueError):
@@ -154,6 +173,14 @@ class InvalidAddress(ComposeError):
 
     slug = "invalid-address"
     title = "Invalid address"
+
+
+class InvalidAttachment(NotifierError, ValueError):
+    """An attachment's file name or media type cannot go into a message (422)."""
+
+    status = 422
+    slug = "invalid-attachment"
+    title = "Invalid attachment"
 
 
 class DeliveryFailure(NotifierError):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from notifier.compose import Attachment
 from notifier.dispatch import Dispatcher
 from notifier.errors import (
     IdempotencyConflict,
@@ -41,7 +42,7 @@ from notifier.outbox import (
 from notifier.renderer import Renderer
 from notifier.signals import OutboundMessage
 
-__all__ = ["IDEMPOTENCY_KEY_PATTERN", "Accepted", "Sending", "context_hash"]
+__all__ = ["IDEMPOTENCY_KEY_PATTERN", "Accepted", "Sending", "context_hash", "request_fingerprint"]
 
 #: Idempotency-Key: 1 to 255 visible ASCII characters (spaces allowed inside).
 IDEMPOTENCY_KEY_PATTERN = r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?"
@@ -52,6 +53,21 @@ def context_hash(context: Mapping[str, Any]) -> str:
     """A stable fingerprint of a request's context (key order does not matter)."""
     canonical = json.dumps(context, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def request_fingerprint(context: Mapping[str, Any], attachments: Sequence[Attachment] = ()) -> str:
+    """A stable fingerprint of a whole request: :func:`context_hash` alone without
+    attachments, else also over each attachment's name, type, size and SHA-256, in order
+    (the bytes themselves were hashed as they arrived)."""
+    fingerprint = context_hash(context)
+    if not attachments:
+        return fingerprint
+    digest = hashlib.sha256(fingerprint.encode("ascii"))
+    for attachment in attachments:
+        described = [attachment.filename, attachment.content_type, len(attachment.content)]
+        digest.update(json.dumps(described, ensure_ascii=True).encode("ascii") + b"\n")
+        digest.update(attachment.sha256)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,19 +107,21 @@ class Sending:
         context: Mapping[str, Any],
         *,
         context_bytes: int = 0,
+        attachments: Sequence[Attachment] = (),
         idempotency_key: str | None = None,
         caller: str | None = None,
         request_id: str | None = None,
     ) -> Accepted:
-        """Render template ``name`` with ``context`` and store the message durably.
+        """Render template ``name`` with ``context`` and store the message durably, with
+        ``attachments`` added (a multipart/mixed message) when there are any.
 
         ``idempotency_key`` (the client's, scoped to ``caller``): the same key with the
-        same template and context returns the first :class:`Accepted` again (``replayed``)
-        and stores nothing; with another request it is :class:`IdempotencyMismatch`
+        same template, context and attachments returns the first :class:`Accepted` again
+        (``replayed``) and stores nothing; with another request it is :class:`IdempotencyMismatch`
         (422); while the first is in flight, :class:`IdempotencyConflict` (409). Raises
         the render errors (404/422) and :class:`OutboxUnavailable` (503: nothing stored).
         """
-        fingerprint = context_hash(context)
+        fingerprint = request_fingerprint(context, attachments)
         key = self._idempotency_key(idempotency_key, caller, name, fingerprint)
         if key is not None:
             reservation = await self.outbox.reserve(key, ttl=self.idempotency_ttl)
@@ -124,6 +142,8 @@ class Sending:
             started = time.perf_counter()
             composed = await self.renderer.render_async(name, context, context_bytes=context_bytes)
             self.metrics.render_seconds.observe(time.perf_counter() - started)
+            if attachments:
+                composed = await self.renderer.attach_async(composed, attachments)
             message = NewMessage(
                 template=name,
                 context_hash=fingerprint,

@@ -143,6 +143,11 @@ class OutboxSettings(_Section):
 class LimitsSettings(_Section):
     #: Largest accepted request body, in bytes; larger bodies get 413.
     max_body_bytes: int = Field(1024 * 1024, ge=1)
+    #: Total bytes of the files attached to one ``multipart/form-data`` request (413
+    #: above); the ``context`` part is capped by ``max_body_bytes`` as a JSON body is.
+    max_attachment_bytes: int = Field(10 * 1024 * 1024, ge=0)
+    #: Most files one request may attach (413 above).
+    max_attachments: int = Field(100, ge=0, le=10_000)
     #: Most envelope recipients (To + Cc + Bcc) one message may have.
     max_recipients: int = Field(50, ge=1)
     #: Envelope senders allowed: addresses (``shop@example.com``), domains

@@ -23,8 +23,15 @@ from quart_schema import (
     tag,
 )
 
-from notifier.api.openapi import Shape, absent, document_problems
-from notifier.api.render import Context, Envelope, TemplateName, read_json_object
+from notifier.api.openapi import Shape, absent, document_problems, document_request_media
+from notifier.api.render import (
+    FORM_ENCODING,
+    Context,
+    Envelope,
+    MessageForm,
+    TemplateName,
+    read_message_request,
+)
 from notifier.api.tracing import request_id
 from notifier.errors import InvalidQuery, UnknownMessage
 from notifier.outbox import DELIVERY_STATUSES, DeliveryStatus, Outbox
@@ -144,6 +151,7 @@ def _accepted(accepted: Acceptance) -> Response:
 @messages.post("/send/<name>")
 @tag(["messages"])
 @document_request(Context)
+@document_request_media(MessageForm, "multipart/form-data", encoding=FORM_ENCODING)
 @document_headers(SendHeaders)
 @document_response(Accepted, 202, AcceptedHeaders)
 @document_problems(404, 409, 422, 503)
@@ -154,11 +162,12 @@ async def send_message(name: TemplateName) -> Response:
     the same template and body returns the first response.
     """
     sending: Sending = current_app.extensions["notifier.sending"]
-    context, size = await read_json_object()
+    asked = await read_message_request()
     accepted = await sending.accept(
         name,
-        context,
-        context_bytes=size,
+        asked.context,
+        context_bytes=asked.context_bytes,
+        attachments=asked.attachments,
         idempotency_key=request.headers.get("Idempotency-Key"),
         caller=getattr(g, "token_name", None),
         request_id=request_id(),

@@ -12,6 +12,9 @@ hooks it has for this) adds:
 - answers other than JSON (quart-schema writes every one as ``application/json``):
   :func:`document_media` (``message/rfc822`` besides JSON for a render, metrics as text,
   this page as HTML, the problem ``/readyz`` answers 503 with);
+- a second media type for a request body (quart-schema documents one, as JSON or as a
+  form without files): :func:`document_request_media`, the ``multipart/form-data`` with
+  attachments that send and render also take, with the ``encoding`` of its parts;
 - shared problem responses (quart-schema has no ``components/responses``):
   :func:`document_problems` names a view's own; 401, 403 and 429 on every /v1 operation
   and 400, 413 and 415 on every one with a body are added here. Each lists the problem
@@ -72,6 +75,7 @@ __all__ = [
     "absent",
     "document_media",
     "document_problems",
+    "document_request_media",
     "init_openapi",
     "openapi",
 ]
@@ -84,6 +88,7 @@ View = TypeVar("View", bound=Callable[..., Any])
 
 BEARER = "bearerAuth"
 _MEDIA_ATTRIBUTE = "_notifier_media"
+_REQUEST_MEDIA_ATTRIBUTE = "_notifier_request_media"
 _STRING = {"type": "string"}
 
 
@@ -175,6 +180,19 @@ def document_media(
             _MEDIA_ATTRIBUTE,
             [*getattr(view, _MEDIA_ATTRIBUTE, ()), (status, media_type, model)],
         )
+        return view
+
+    return decorator
+
+
+def document_request_media(
+    model: type[BaseModel], media_type: str, *, encoding: JSONObject | None = None
+) -> Callable[[View], View]:
+    """Document that the request body may also come as ``media_type``, shaped as
+    ``model``; ``encoding`` is OpenAPI's per-part encoding of a multipart body."""
+
+    def decorator(view: View) -> View:
+        setattr(view, _REQUEST_MEDIA_ATTRIBUTE, (model, media_type, encoding))
         return view
 
     return decorator
@@ -325,6 +343,12 @@ class NotifierOpenAPI(OpenAPIProvider):
             if schema.get("type") == "object":
                 schema = _named(model, schema, components)
             response.setdefault("content", {})[media_type] = {"schema": schema}
+        if (request_media := getattr(view, _REQUEST_MEDIA_ATTRIBUTE, None)) is not None:
+            model, media_type, encoding = request_media
+            content: JSONObject = {"schema": _named(model, model.model_json_schema(), components)}
+            if encoding:
+                content["encoding"] = encoding
+            operation["requestBody"]["content"][media_type] = content
         documented = getattr(view, QUART_SCHEMA_RESPONSE_ATTRIBUTE, {})
         problems = {status for status, (model, _) in documented.items() if model is Problem}
         scope = required_scope(rule.rule, rule.endpoint)

@@ -11,20 +11,40 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import ConfigDict, Field, RootModel
 from quart import Blueprint, Response, current_app, request
 from quart_schema import document_request, document_response, tag_blueprint
 
-from notifier.api.openapi import Shape, document_media, document_problems
-from notifier.compose import ComposedMessage, message_view
+from notifier.api.multipart import read_form
+from notifier.api.openapi import (
+    Shape,
+    document_media,
+    document_problems,
+    document_request_media,
+)
+from notifier.compose import Attachment, ComposedMessage, message_view
 from notifier.errors import BadRequestBody, UnsupportedMediaType
 from notifier.metrics import Metrics
 from notifier.renderer import Renderer
+from notifier.settings import Settings
 from notifier.templates import NAME_PATTERN
 
-__all__ = ["Context", "Envelope", "TemplateName", "read_json_object", "render", "render_timed"]
+__all__ = [
+    "FORM_ENCODING",
+    "Context",
+    "Envelope",
+    "MessageForm",
+    "MessageRequest",
+    "TemplateName",
+    "json_object",
+    "read_json_object",
+    "read_message_request",
+    "render",
+    "render_timed",
+]
 
 render = Blueprint("render", __name__, url_prefix="/v1")
 tag_blueprint(render, ["messages"])
@@ -62,6 +82,27 @@ class Context(RootModel[dict[str, Any]]):
     )
 
 
+class MessageForm(Shape):
+    """The context and files to attach (`multipart/form-data`): one part `context`, the
+    JSON object, and one part `attachment` per file, whose file name and `Content-Type`
+    (`application/octet-stream` when absent) the attachment keeps. A form without
+    attachments is the same request as its context sent as JSON."""
+
+    context: dict[str, Any] = Field(
+        description="The template context, a JSON object (part type `application/json`, "
+        "`text/plain` or none)."
+    )
+    attachment: list[bytes] = Field(
+        default_factory=list,
+        description="The files, in order. Each part needs a file name (no path, no control"
+        " characters, at most 255 characters).",
+    )
+
+
+#: How the parts of a :class:`MessageForm` are sent.
+FORM_ENCODING = {"context": {"contentType": "application/json"}}
+
+
 class Envelope(Shape):
     """The SMTP envelope: sender and every recipient (To, Cc and Bcc)."""
 
@@ -94,18 +135,48 @@ async def read_json_object() -> tuple[dict[str, Any], int]:
     mimetype = request.mimetype
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(
-            f"send the context as application/json, not {mimetype or 'no Content-Type'}"
+            "send the context as application/json (or multipart/form-data with"
+            f" attachments), not {mimetype or 'no Content-Type'}"
         )
     raw = await request.get_data(as_text=False)
+    return json_object(raw, what="the body"), len(raw)
+
+
+def json_object(raw: bytes | str, *, what: str) -> dict[str, Any]:
+    """``raw`` parsed as a JSON object; :class:`BadRequestBody` (400) unless it is one
+    (``what`` names it in the error: "the body", "the context part")."""
     try:
         context = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
-        raise BadRequestBody(f"the body is not valid JSON: {exc}") from None
+        raise BadRequestBody(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(context, dict):
-        raise BadRequestBody(f"the body must be a JSON object, not a JSON {type(context).__name__}")
+        raise BadRequestBody(f"{what} must be a JSON object, not a JSON {type(context).__name__}")
     if isinstance(raw, bytes) and _ESCAPED_SURROGATE.search(raw) is not None:
         _refuse_lone_surrogates(context)
-    return context, len(raw)
+    return context
+
+
+class MessageRequest(NamedTuple):
+    """What a send or render request asks for: the context, the size of its JSON, and
+    the files to attach (from a ``multipart/form-data`` request; none from JSON). A named
+    tuple: every JSON request makes one, and it is the cheapest record to make."""
+
+    context: dict[str, Any]
+    context_bytes: int
+    attachments: Sequence[Attachment] = ()
+
+
+async def read_message_request() -> MessageRequest:
+    """The current request's context and attachments: a JSON body
+    (:func:`read_json_object`) or a ``multipart/form-data`` body with a ``context`` part
+    and ``attachment`` parts (:mod:`notifier.api.multipart`)."""
+    if request.mimetype != "multipart/form-data":
+        context, size = await read_json_object()
+        return MessageRequest(context, size)
+    settings: Settings = current_app.extensions["notifier.settings"]
+    form = await read_form(settings.limits)
+    context = json_object(form.context, what="the context part")
+    return MessageRequest(context, len(form.context), form.attachments)
 
 
 # A \uD800-\uDFFF escape: JSON text may spell a lone surrogate this way (UTF-8 cannot).
@@ -157,6 +228,7 @@ def _refuse_constant(name: str) -> Any:
 
 @render.post("/render/<name>")
 @document_request(Context)
+@document_request_media(MessageForm, "multipart/form-data", encoding=FORM_ENCODING)
 @document_response(RenderedMessage)
 @document_media(RawMessage, "message/rfc822")
 @document_problems(404, 422, 503)
@@ -167,8 +239,10 @@ async def render_message(name: TemplateName) -> Response:
     view read back from those bytes.
     """
     renderer: Renderer = current_app.extensions["notifier.renderer"]
-    context, size = await read_json_object()
-    composed = await render_timed(renderer, name, context, context_bytes=size)
+    asked = await read_message_request()
+    composed = await render_timed(renderer, name, asked.context, context_bytes=asked.context_bytes)
+    if asked.attachments:
+        composed = await renderer.attach_async(composed, asked.attachments)
     if _wants_json():
         view = message_view(composed.data)
         view["envelope"] = {"from": composed.sender, "to": composed.recipients}

@@ -19,8 +19,9 @@ __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "CaptureHandler", "make_smtp_protocol"]
 
 log = logging.getLogger(__name__)
 
-#: Larger messages get ``552`` and are not stored (aiosmtpd's ``data_size_limit``).
-DEFAULT_MAX_MESSAGE_SIZE = 10 * 1024 * 1024
+#: Larger messages get ``552`` and are not stored (aiosmtpd's ``data_size_limit``). 32 MiB:
+#: a message with the 10 MiB of attachments notifier accepts by default is 14 MiB in base64.
+DEFAULT_MAX_MESSAGE_SIZE = 32 * 1024 * 1024
 
 
 class CaptureHandler:
