@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import parseaddr
 from pathlib import Path
@@ -42,6 +42,7 @@ from notifier.compose import (
     ComposedMessage,
     compose_message,
 )
+from notifier.dkim import DkimSigner, load_signer
 from notifier.errors import ComposeError, RenderCapacityExhausted
 from notifier.sandbox import RenderBudget, SliceExhausted
 from notifier.settings import Settings
@@ -78,6 +79,8 @@ class _RendererConfig:
     allowed_senders: frozenset[str] | None
     max_header_bytes: int
     max_header_block_bytes: int
+    #: The DKIM keys travel with the config (pickled to the process over its pipe).
+    dkim_signer: DkimSigner | None = None
 
 
 class Renderer:
@@ -95,6 +98,7 @@ class Renderer:
         max_header_bytes: int = MAX_HEADER_BYTES,
         max_header_block_bytes: int = MAX_HEADER_BLOCK_BYTES,
         render_processes: int = 2,
+        dkim_signer: DkimSigner | None = None,
     ) -> None:
         self.templates = templates
         self.message_id_domain = message_id_domain
@@ -107,6 +111,8 @@ class Renderer:
         self.allowed_senders = allowed_senders
         self.max_header_bytes = max_header_bytes
         self.max_header_block_bytes = max_header_block_bytes
+        #: Signs composed messages whose From domain has a DKIM key (None: no keys).
+        self.dkim_signer = dkim_signer
         self._render_processes = render_processes
         self._pool: concurrent.futures.Executor | None = None
         self._pool_starting: asyncio.Future[concurrent.futures.Executor] | None = None
@@ -130,6 +136,7 @@ class Renderer:
             max_header_bytes=limits.max_header_bytes,
             max_header_block_bytes=limits.max_header_block_bytes,
             render_processes=limits.render_processes,
+            dkim_signer=load_signer(settings.dkim),
         )
 
     def render(self, name: str, context: Mapping[str, Any]) -> ComposedMessage:
@@ -155,12 +162,20 @@ class Renderer:
         except SliceExhausted:
             self._slow_templates[name] = time.monotonic()
             return await self._run_in_pool(_render_in_worker, name, dict(context))
-        if _cheap_to_compose(rendered):
-            return self.compose(rendered)
-        return await self._run_in_pool(_compose_in_worker, rendered)
+        if not _cheap_to_compose(rendered):
+            return await self._run_in_pool(_compose_in_worker, rendered)
+        composed = self.compose(rendered, sign=False)
+        if self.dkim_signer is None or self.dkim_signer.key_for(composed.data) is None:
+            return composed
+        # dkimpy signs in pure Python, about 12 ms of CPU per RSA-2048 signature
+        # (docs/benchmarks.md): far too long for the event loop, and a thread would hold
+        # the GIL for all of it. A render process signs it; the hand-off costs ~1 ms.
+        return await self._run_in_pool(_sign_in_worker, composed)
 
-    def compose(self, rendered: RenderedTemplate) -> ComposedMessage:
-        """Compose a rendered template and apply the recipient and sender limits."""
+    def compose(self, rendered: RenderedTemplate, *, sign: bool = True) -> ComposedMessage:
+        """Compose a rendered template, apply the recipient and sender limits, and
+        DKIM-sign the result (unless ``sign`` is false: :meth:`render_async` signs in a
+        render process)."""
         composed = compose_message(
             rendered,
             message_id_domain=self.message_id_domain,
@@ -183,7 +198,16 @@ class Renderer:
                 title="Sender not allowed",
                 sender=composed.sender,
             )
-        return composed
+        # DKIM signing must stay the very LAST step of composing: anything that changes
+        # the bytes after it (wrapping in multipart/mixed for attachments, say) belongs
+        # above this line, or the signature breaks.
+        return self.signed(composed) if sign else composed
+
+    def signed(self, composed: ComposedMessage) -> ComposedMessage:
+        """``composed`` with a DKIM signature when its From domain has a key."""
+        if self.dkim_signer is None:
+            return composed
+        return replace(composed, data=self.dkim_signer.sign(composed.data))
 
     def close(self) -> None:
         """Stop the render processes (a render still running ends within its budget)."""
@@ -269,6 +293,7 @@ class Renderer:
             allowed_senders=self.allowed_senders,
             max_header_bytes=self.max_header_bytes,
             max_header_block_bytes=self.max_header_block_bytes,
+            dkim_signer=self.dkim_signer,
         )
 
 
@@ -284,6 +309,7 @@ class _ThreadRenderPool(concurrent.futures.ThreadPoolExecutor):
         own: dict[Callable[..., Any], Callable[..., Any]] = {
             _render_in_worker: self._renderer.render,
             _compose_in_worker: self._renderer.compose,
+            _sign_in_worker: self._renderer.signed,
         }
         return super().submit(own.get(fn, fn), *args, **kwargs)
 
@@ -304,6 +330,7 @@ def _start_worker(config: _RendererConfig) -> None:
         allowed_senders=config.allowed_senders,
         max_header_bytes=config.max_header_bytes,
         max_header_block_bytes=config.max_header_block_bytes,
+        dkim_signer=config.dkim_signer,
     )
 
 
@@ -319,6 +346,10 @@ def _render_in_worker(name: str, context: dict[str, Any]) -> ComposedMessage:
 
 def _compose_in_worker(rendered: RenderedTemplate) -> ComposedMessage:
     return _worker().compose(rendered)
+
+
+def _sign_in_worker(composed: ComposedMessage) -> ComposedMessage:
+    return _worker().signed(composed)
 
 
 # -- helpers ---------------------------------------------------------------------------
