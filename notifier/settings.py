@@ -286,8 +286,10 @@ class WebhookSubscriberSettings(_Section):
     @classmethod
     def _standard_webhooks_secret(cls, secret: SecretStr) -> SecretStr:
         value = secret.get_secret_value()
+        encoded = value.removeprefix("whsec_")
         try:
-            key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+            # Padding optional, as receivers' libraries (standardwebhooks) accept it.
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
         except (binascii.Error, ValueError):
             key = b""
         if not value.startswith("whsec_") or len(key) < 24:

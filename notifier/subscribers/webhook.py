@@ -38,7 +38,7 @@ from notifier.outbox import iso_time
 from notifier.settings import WebhookSubscriberSettings
 from notifier.signals import OutboundMessage
 
-__all__ = ["WebhookSubscriber", "signature", "webhook_id"]
+__all__ = ["WebhookSubscriber", "secret_key", "signature", "webhook_id"]
 
 #: Statuses below 500 that are still worth retrying (RFC 9110: request timeout; too
 #: many requests).
@@ -54,9 +54,15 @@ def webhook_id(subscriber: str, message_id: str) -> str:
     return f"msg_{digest[:32]}"
 
 
-def signature(secret: str, *, msg_id: str, timestamp: int, body: bytes) -> str:
+def secret_key(secret: str) -> bytes:
+    """The HMAC key in a ``whsec_<base64>`` secret (padding optional, as receivers'
+    libraries accept it)."""
+    encoded = secret.removeprefix("whsec_")
+    return base64.b64decode(encoded + "=" * (-len(encoded) % 4))
+
+
+def signature(key: bytes, *, msg_id: str, timestamp: int, body: bytes) -> str:
     """The ``webhook-signature`` value for ``body``: ``v1,<base64 HMAC-SHA256>``."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{msg_id}.{timestamp}.".encode() + body
     mac = hmac.new(key, signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(mac).decode("ascii")
@@ -76,7 +82,7 @@ class WebhookSubscriber:
     ) -> None:
         self.name = settings.name
         self._url = settings.url.get_secret_value()
-        self._secret = settings.secret.get_secret_value()
+        self._key = secret_key(settings.secret.get_secret_value())
         self._timeout = timeout
         self._max_connections = max_connections
         self._clock = clock
@@ -105,7 +111,7 @@ class WebhookSubscriber:
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature(
-                self._secret, msg_id=msg_id, timestamp=timestamp, body=body
+                self._key, msg_id=msg_id, timestamp=timestamp, body=body
             ),
         }
         # Error texts name the subscriber, never the URL: it may hold a token.
