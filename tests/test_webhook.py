@@ -10,8 +10,9 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -229,23 +230,30 @@ async def test_a_redirect_is_not_followed_and_fails_for_good(
     assert len(receiver.requests) == 1
 
 
-async def test_a_429_is_retried_no_sooner_than_its_retry_after(
+@pytest.mark.parametrize(
+    ("status", "retry_after"),
+    [(429, lambda start: "120"), (503, lambda start: formatdate(start + 120, usegmt=True))],
+    ids=["429-seconds", "503-http-date"],
+)
+async def test_a_retry_after_is_honoured(
     serving: MakeClient,
     webhook_settings: dict[str, Any],
     receiver: Receiver,
     burger_order: dict[str, Any],
+    status: int,
+    retry_after: Callable[[float], str],
 ) -> None:
     clock = Clock(float(int(time.time())))  # near now: the verifier checks the timestamp
     start = clock.now
     webhook_settings["delivery"]["backoff_max"] = 3600
-    receiver.script = [(429, {"retry-after": "120"}, 0.0)]
+    receiver.script = [(status, {"retry-after": retry_after(start)}, 0.0)]
     client = await serving(webhook_settings, clock=clock, rng=lambda: 0.5)
     dispatcher = client.app.extensions["notifier.dispatcher"]  # type: ignore[attr-defined]
     location = (await client.post("/v1/send/burger_receipt", json=burger_order)).headers["Location"]
     body = await wait_for_status(client, location, lambda b: b["subscribers"]["crm"]["attempts"])
     crm = body["subscribers"]["crm"]
     assert crm["status"] == "queued"
-    assert "answered 429" in crm["last_error"]
+    assert f"answered {status}" in crm["last_error"]
     # The backoff alone (delivery.backoff_initial 0.05 s) would retry at once.
     assert crm["next_attempt_at"] == iso_time(start + 120)
     clock.now = start + 120
