@@ -109,6 +109,7 @@ bench: $(STAMP) postgresql
 	$(BIN)/python bench/outbox_bench.py --messages 500 --rounds 3
 	$(BIN)/python bench/replica_bench.py --seconds 1 --rounds 3
 	$(BIN)/python bench/memory_bench.py --sends 5000 --warmup 1000
+	$(BIN)/python bench/dkim_bench.py --rounds 3
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/js/node_modules

@@ -87,7 +87,9 @@ def create_app(
     store = outbox if outbox is not None else open_outbox(settings.outbox, clock=wall_clock)
     if subscribers is None:
         subscribers = load_subscribers(
-            settings, on_relay_state=partial(metrics.relay_state, relay_address(settings.smtp))
+            settings,
+            on_relay_state=partial(metrics.relay_state, relay_address(settings.smtp)),
+            clock=wall_clock,
         )
     subscribers = list(subscribers)
     delivering = settings.delivery.in_serve if deliver is None else deliver

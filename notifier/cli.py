@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from notifier.dkim import load_signer
 from notifier.errors import NotifierError
 from notifier.logs import configure_logging
 from notifier.renderer import Renderer
@@ -93,10 +94,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     from notifier.server import build_config
 
-    # Validate now so a bad setting or subscriber is one line here, not a traceback in
-    # each worker.
+    # Validate now so a bad setting, subscriber or DKIM key is one line here, not a
+    # traceback in each worker.
     settings = _settings(args)
     load_subscribers(settings)
+    load_signer(settings.dkim)
     configure_logging(settings.log)
     if args.settings is not None:
         # Workers build the app themselves (notifier.server.create_served_app).
@@ -111,7 +113,9 @@ def _worker(args: argparse.Namespace) -> int:
     from notifier.worker import run_worker
 
     settings = _settings(args)
-    load_subscribers(settings)  # a bad subscriber is one line here, not a traceback later
+    # A bad subscriber or DKIM key is one line here, not a traceback later.
+    load_subscribers(settings)
+    load_signer(settings.dkim)
     configure_logging(settings.log)
     return asyncio.run(run_worker(settings))
 
@@ -204,4 +208,7 @@ def _check_one(renderer: Renderer, name: str, locale: str | None) -> str:
         composed = renderer.render(name, example)
     except NotifierError as exc:
         return exc.detail
-    return f"ok ({len(composed.data)} bytes, {len(composed.recipients)} recipient(s))"
+    signer = renderer.dkim_signer
+    key = None if signer is None else signer.key_for(composed.data)
+    signed = "" if key is None else f", DKIM-signed d={key.domain} s={key.selector}"
+    return f"ok ({len(composed.data)} bytes, {len(composed.recipients)} recipient(s){signed})"

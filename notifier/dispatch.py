@@ -30,7 +30,13 @@ from typing import Any
 
 from quart import Quart
 
-from notifier.errors import DeliveryFailure, OutboxUnavailable, PartialDelivery, PermanentFailure
+from notifier.errors import (
+    DeliveryFailure,
+    OutboxUnavailable,
+    PartialDelivery,
+    PermanentFailure,
+    TransientFailure,
+)
 from notifier.logs import fields
 from notifier.metrics import Metrics
 from notifier.outbox import Claim, DeliveryState, Outbox, Outcome
@@ -462,7 +468,8 @@ class Dispatcher:
         if isinstance(result, PermanentFailure):
             return Outcome("failed", error=error, smtp_code=smtp_code, detail=previous or None)
         if self._may_retry(claim, attempts):
-            return self._retry_later(attempts, error, smtp_code, previous or None)
+            asked = result.retry_after if isinstance(result, TransientFailure) else None
+            return self._retry_later(attempts, error, smtp_code, previous or None, asked)
         return Outcome("failed", error=error, smtp_code=smtp_code, detail=previous or None)
 
     def _may_retry(self, claim: Claim, attempts: int) -> bool:
@@ -472,9 +479,18 @@ class Dispatcher:
         return attempts < self._settings.max_attempts and age < self._settings.max_age
 
     def _retry_later(
-        self, attempts: int, error: str, smtp_code: int | None, detail: dict[str, Any] | None
+        self,
+        attempts: int,
+        error: str,
+        smtp_code: int | None,
+        detail: dict[str, Any] | None,
+        retry_after: float | None = None,
     ) -> Outcome:
         delay = retry_delay(attempts, self._settings, self._rng)
+        if retry_after is not None:
+            # The peer said when to come back (HTTP Retry-After): not sooner, but not
+            # later than the longest backoff either, whatever it asked for.
+            delay = max(delay, min(retry_after, self._settings.backoff_max))
         return Outcome(
             "queued",
             error=error,

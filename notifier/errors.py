@@ -204,10 +204,26 @@ class PermanentFailure(DeliveryFailure):
 
 
 class TransientFailure(DeliveryFailure):
-    """Raised by a subscriber for a failure worth retrying (any other exception is too)."""
+    """Raised by a subscriber for a failure worth retrying (any other exception is too).
+
+    ``retry_after``: seconds the peer asked to wait (HTTP ``Retry-After``); the next
+    attempt comes no sooner than that, nor later than ``delivery.backoff_max``.
+    """
 
     slug = "transient-failure"
     title = "Transient delivery failure"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        smtp_code: int | None = None,
+        retry_after: float | None = None,
+        title: str | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail, smtp_code=smtp_code, title=title, **extra)
+        self.retry_after = retry_after
 
 
 class PartialDelivery(DeliveryFailure):

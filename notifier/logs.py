@@ -89,3 +89,7 @@ def configure_logging(settings: LogSettings) -> None:
     handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(settings.level)
+    # httpx logs every request's full URL at INFO (and httpcore its traffic at DEBUG):
+    # a webhook URL may carry a token, and the webhook subscriber logs its own outcomes.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

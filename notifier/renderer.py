@@ -45,6 +45,7 @@ from notifier.compose import (
     attach,
     compose_message,
 )
+from notifier.dkim import DkimSigner, load_signer
 from notifier.errors import ComposeError, RenderCapacityExhausted
 from notifier.sandbox import RenderBudget, SliceExhausted
 from notifier.settings import Settings
@@ -84,6 +85,8 @@ class _RendererConfig:
     allowed_senders: frozenset[str] | None
     max_header_bytes: int
     max_header_block_bytes: int
+    #: The DKIM keys travel with the config (pickled to the process over its pipe).
+    dkim_signer: DkimSigner | None = None
 
 
 class Renderer:
@@ -101,6 +104,7 @@ class Renderer:
         max_header_bytes: int = MAX_HEADER_BYTES,
         max_header_block_bytes: int = MAX_HEADER_BLOCK_BYTES,
         render_processes: int = 2,
+        dkim_signer: DkimSigner | None = None,
     ) -> None:
         self.templates = templates
         self.message_id_domain = message_id_domain
@@ -113,6 +117,8 @@ class Renderer:
         self.allowed_senders = allowed_senders
         self.max_header_bytes = max_header_bytes
         self.max_header_block_bytes = max_header_block_bytes
+        #: Signs composed messages whose From domain has a DKIM key (None: no keys).
+        self.dkim_signer = dkim_signer
         self._render_processes = render_processes
         self._pool: concurrent.futures.Executor | None = None
         self._pool_starting: asyncio.Future[concurrent.futures.Executor] | None = None
@@ -141,40 +147,56 @@ class Renderer:
             max_header_bytes=limits.max_header_bytes,
             max_header_block_bytes=limits.max_header_block_bytes,
             render_processes=limits.render_processes,
+            dkim_signer=load_signer(settings.dkim),
         )
 
-    def render(self, name: str, context: Mapping[str, Any]) -> ComposedMessage:
+    def render(self, name: str, context: Mapping[str, Any], sign: bool = True) -> ComposedMessage:
         """Render template ``name`` with ``context`` and compose the message, here.
 
         For the command line, the render processes and tests; requests use
         :meth:`render_async`. Raises the 404/422 errors of :mod:`notifier.errors`.
         """
-        return self.compose(self.templates.render(name, context))
+        return self.compose(self.templates.render(name, context), sign)
 
     async def render_async(
-        self, name: str, context: Mapping[str, Any], *, context_bytes: int = 0
+        self,
+        name: str,
+        context: Mapping[str, Any],
+        *,
+        context_bytes: int = 0,
+        attachments: Sequence[Attachment] = (),
     ) -> ComposedMessage:
-        """:meth:`render`, keeping the event loop free (see the module doc).
+        """:meth:`render` with ``attachments`` added, keeping the event loop free (see
+        the module doc). The steps: render, compose, attach, DKIM-sign, in that order.
 
         ``context_bytes`` is the size of the JSON the context came from. Raises
         :class:`RenderCapacityExhausted` (503) when too many slow renders wait.
         """
+        if not attachments:
+            return await self._composed_async(name, context, context_bytes, sign=True)
+        composed = await self._composed_async(name, context, context_bytes, sign=False)
+        return await self.sign_async(await self.attach_async(composed, attachments))
+
+    async def _composed_async(
+        self, name: str, context: Mapping[str, Any], context_bytes: int, *, sign: bool
+    ) -> ComposedMessage:
         if context_bytes > LOOP_CONTEXT_BYTES or self._recently_slow(name):
-            return await self._run_in_pool(_render_in_worker, name, dict(context))
+            return await self._run_in_pool(_render_in_worker, name, dict(context), sign)
         try:
             rendered = self.templates.render(name, context, slice_seconds=LOOP_SLICE_SECONDS)
         except SliceExhausted:
             self._slow_templates[name] = time.monotonic()
-            return await self._run_in_pool(_render_in_worker, name, dict(context))
-        if _cheap_to_compose(rendered):
-            return self.compose(rendered)
-        return await self._run_in_pool(_compose_in_worker, rendered)
+            return await self._run_in_pool(_render_in_worker, name, dict(context), sign)
+        if not _cheap_to_compose(rendered):
+            return await self._run_in_pool(_compose_in_worker, rendered, sign)
+        composed = self.compose(rendered, sign=False)
+        return await self.sign_async(composed) if sign else composed
 
     async def attach_async(
         self, composed: ComposedMessage, attachments: Sequence[Attachment]
     ) -> ComposedMessage:
         """``composed`` with ``attachments`` added (:func:`notifier.compose.attach`),
-        keeping the event loop free.
+        keeping the event loop free; not signed (:meth:`render_async` signs after).
 
         Large attachments are encoded in a thread, not in a render process: the work is
         C calls over a block of lines at a time, and between blocks the thread lets the
@@ -188,8 +210,19 @@ class Renderer:
             data = await asyncio.to_thread(attach, composed.data, attachments)
         return replace(composed, data=data)
 
-    def compose(self, rendered: RenderedTemplate) -> ComposedMessage:
-        """Compose a rendered template and apply the recipient and sender limits."""
+    async def sign_async(self, composed: ComposedMessage) -> ComposedMessage:
+        """:meth:`signed`, off the event loop when a key applies."""
+        if self.dkim_signer is None or self.dkim_signer.key_for(composed.data) is None:
+            return composed
+        # dkimpy signs in pure Python, about 12 ms of CPU per RSA-2048 signature
+        # (docs/benchmarks.md): far too long for the event loop, and a thread would hold
+        # the GIL for all of it. A render process signs it; the hand-off costs ~1 ms.
+        return await self._run_in_pool(_sign_in_worker, composed)
+
+    def compose(self, rendered: RenderedTemplate, sign: bool = True) -> ComposedMessage:
+        """Compose a rendered template, apply the recipient and sender limits, and
+        DKIM-sign the result (unless ``sign`` is false: :meth:`render_async` signs after
+        adding attachments, and off the event loop)."""
         composed = compose_message(
             rendered,
             message_id_domain=self.message_id_domain,
@@ -214,7 +247,15 @@ class Renderer:
             )
         if rendered.version:
             composed = replace(composed, template_version=rendered.version)
-        return composed
+        # DKIM signing must stay the very LAST step: anything that changes the bytes after
+        # it (wrapping in multipart/mixed for attachments, say) breaks the signature.
+        return self.signed(composed) if sign else composed
+
+    def signed(self, composed: ComposedMessage) -> ComposedMessage:
+        """``composed`` with a DKIM signature when its From domain has a key."""
+        if self.dkim_signer is None:
+            return composed
+        return replace(composed, data=self.dkim_signer.sign(composed.data))
 
     def close(self) -> None:
         """Stop the render processes (a render still running ends within its budget)."""
@@ -300,6 +341,7 @@ class Renderer:
             allowed_senders=self.allowed_senders,
             max_header_bytes=self.max_header_bytes,
             max_header_block_bytes=self.max_header_block_bytes,
+            dkim_signer=self.dkim_signer,
         )
 
 
@@ -315,6 +357,7 @@ class _ThreadRenderPool(concurrent.futures.ThreadPoolExecutor):
         own: dict[Callable[..., Any], Callable[..., Any]] = {
             _render_in_worker: self._renderer.render,
             _compose_in_worker: self._renderer.compose,
+            _sign_in_worker: self._renderer.signed,
         }
         return super().submit(own.get(fn, fn), *args, **kwargs)
 
@@ -337,6 +380,7 @@ def _start_worker(config: _RendererConfig) -> None:
         allowed_senders=config.allowed_senders,
         max_header_bytes=config.max_header_bytes,
         max_header_block_bytes=config.max_header_block_bytes,
+        dkim_signer=config.dkim_signer,
     )
 
 
@@ -346,12 +390,16 @@ def _worker() -> Renderer:
     return _worker_renderer
 
 
-def _render_in_worker(name: str, context: dict[str, Any]) -> ComposedMessage:
-    return _worker().render(name, context)
+def _render_in_worker(name: str, context: dict[str, Any], sign: bool) -> ComposedMessage:
+    return _worker().render(name, context, sign)
 
 
-def _compose_in_worker(rendered: RenderedTemplate) -> ComposedMessage:
-    return _worker().compose(rendered)
+def _compose_in_worker(rendered: RenderedTemplate, sign: bool) -> ComposedMessage:
+    return _worker().compose(rendered, sign)
+
+
+def _sign_in_worker(composed: ComposedMessage) -> ComposedMessage:
+    return _worker().signed(composed)
 
 
 # -- helpers ---------------------------------------------------------------------------

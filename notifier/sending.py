@@ -140,10 +140,10 @@ class Sending:
         direct = False
         try:
             started = time.perf_counter()
-            composed = await self.renderer.render_async(name, context, context_bytes=context_bytes)
+            composed = await self.renderer.render_async(
+                name, context, context_bytes=context_bytes, attachments=attachments
+            )
             self.metrics.render_seconds.observe(time.perf_counter() - started)
-            if attachments:
-                composed = await self.renderer.attach_async(composed, attachments)
             message = NewMessage(
                 template=name,
                 context_hash=fingerprint,

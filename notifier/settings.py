@@ -16,8 +16,11 @@ settings file; with no file they resolve against the working directory.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +52,8 @@ __all__ = [
     "AuthSettings",
     "DefaultsSettings",
     "DeliverySettings",
+    "DkimKey",
+    "DkimSettings",
     "IdempotencySettings",
     "LimitsSettings",
     "LogSettings",
@@ -56,6 +61,7 @@ __all__ = [
     "Settings",
     "SmtpSettings",
     "TemplatesSettings",
+    "WebhookSubscriberSettings",
     "load_settings",
 ]
 
@@ -238,6 +244,68 @@ class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class DkimKey(_Section):
+    """One signing key: messages whose From domain is ``domain`` (or below it) are
+    signed with it (``d=domain; s=selector``)."""
+
+    domain: str = Field(min_length=1, pattern=r"^[^\s@]+$")
+    selector: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    #: A PEM file holding the RSA private key (``openssl genrsa -out dkim.pem 2048``).
+    private_key_file: Path | None = None
+    #: The PEM text itself, for ``NOTIFIER_DKIM__KEYS`` in containers. A secret.
+    private_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> DkimKey:
+        if (self.private_key_file is None) == (self.private_key is None):
+            raise ValueError(f"{self.domain}: give either private_key_file or private_key")
+        return self
+
+
+class DkimSettings(_Section):
+    #: No keys (the default): nothing is signed.
+    keys: list[DkimKey] = Field(default_factory=list)
+
+
+class WebhookSubscriberSettings(_Section):
+    """A subscriber entry ``{name, type: webhook, url, secret}``: POST each message's
+    summary as JSON, signed per Standard Webhooks (:mod:`notifier.subscribers.webhook`)."""
+
+    #: The key of this subscriber's outcome in ``GET /v1/messages/<id>``.
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    type: Literal["webhook"]
+    #: An http:// or https:// URL; may hold a token, so never echoed.
+    url: SecretStr
+    #: ``whsec_<base64>``: the shared key of the HMAC-SHA256 signatures.
+    secret: SecretStr
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: SecretStr) -> SecretStr:
+        parts = urllib.parse.urlsplit(url.get_secret_value())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return url
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, secret: SecretStr) -> SecretStr:
+        value = secret.get_secret_value()
+        encoded = value.removeprefix("whsec_")
+        try:
+            # Padding optional, as receivers' libraries (standardwebhooks) accept it.
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not value.startswith("whsec_") or len(key) < 24:
+            raise ValueError("must be whsec_ followed by at least 24 bytes in base64")
+        return secret
+
+
+#: The types a mapping in ``subscribers`` may have, and the settings of each.
+SUBSCRIBER_TYPES: dict[str, type[_Section]] = {"webhook": WebhookSubscriberSettings}
+
+
 class Settings(BaseSettings):
     """Every setting notifier reads, with its default."""
 
@@ -258,8 +326,41 @@ class Settings(BaseSettings):
     idempotency: IdempotencySettings = IdempotencySettings()
     auth: AuthSettings = AuthSettings()
     log: LogSettings = LogSettings()
-    subscribers: list[str] = Field(default_factory=lambda: ["smtp", "log"])
+    dkim: DkimSettings = DkimSettings()
+    #: Built-in names, dotted paths, or mappings with a ``type`` (``{name, type: webhook,
+    #: url, secret}``).
+    subscribers: list[str | WebhookSubscriberSettings] = Field(
+        default_factory=lambda: list[str | WebhookSubscriberSettings](["smtp", "log"])
+    )
     message_id_domain: str = Field("localhost", min_length=1, pattern=r"^[A-Za-z0-9.-]+$")
+
+    @field_validator("subscribers", mode="before")
+    @classmethod
+    def _configured_subscribers(cls, entries: Any) -> Any:
+        # Validated here, entry by entry, so that an error names the entry (its name or
+        # its position) instead of pydantic's tour of every member of the union; and
+        # never echoes a value, since url and secret are secrets.
+        if not isinstance(entries, list):
+            return entries
+        validated: list[Any] = []
+        names: set[str] = set()
+        for position, entry in enumerate(entries):
+            if isinstance(entry, Mapping):
+                entry = _configured_subscriber(position, entry)
+            elif not isinstance(entry, str):
+                raise ValueError(f"entry {position + 1}: must be a name or a mapping with a type")
+            name = entry.name if isinstance(entry, WebhookSubscriberSettings) else entry
+            if isinstance(name, str):
+                if name in names:
+                    raise ValueError(f"{name!r} is listed twice")
+                names.add(name)
+            validated.append(entry)
+        return validated
+
+    @property
+    def subscriber_names(self) -> list[str]:
+        """The names in ``subscribers``: the keys of per-subscriber outcomes."""
+        return [e if isinstance(e, str) else e.name for e in self.subscribers]
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, base_dir: Path | None = None) -> Settings:
@@ -279,8 +380,15 @@ class Settings(BaseSettings):
         smtp = self.smtp
         if smtp.ca_file is not None:
             smtp = smtp.model_copy(update={"ca_file": anchored(smtp.ca_file)})
+        dkim_keys = [
+            key.model_copy(update={"private_key_file": anchored(key.private_key_file)})
+            if key.private_key_file is not None
+            else key
+            for key in self.dkim.keys
+        ]
         return self.model_copy(
             update={
+                "dkim": self.dkim.model_copy(update={"keys": dkim_keys}),
                 "templates": self.templates.model_copy(
                     update={"dir": anchored(self.templates.dir)}
                 ),
@@ -378,6 +486,25 @@ def _merged(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]
     return merged
 
 
+def _configured_subscriber(position: int, entry: Mapping[str, Any]) -> WebhookSubscriberSettings:
+    name = entry.get("name")
+    label = f"{name!r}" if isinstance(name, str) and name else f"entry {position + 1}"
+    kind = entry.get("type")
+    model = SUBSCRIBER_TYPES.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        known = ", ".join(sorted(SUBSCRIBER_TYPES))
+        raise ValueError(f"{label}: type must be one of: {known}")
+    try:
+        validated = model.model_validate(dict(entry))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        message = "unknown key" if error["type"] == "extra_forbidden" else _reason(error["msg"])
+        raise ValueError(f"{label}: {key}: {message}") from None
+    assert isinstance(validated, WebhookSubscriberSettings)  # the only type so far
+    return validated
+
+
 def _describe_validation_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     key = ".".join(str(part) for part in error["loc"]) or "settings"
@@ -387,7 +514,12 @@ def _describe_validation_error(exc: ValidationError) -> str:
     # Echo only a plain scalar, and nothing from sections that hold secrets: a whole
     # section of the wrong shape would otherwise print its password or tokens.
     scalar = value is None or isinstance(value, str | int | float | bool)
-    secret_section = key.split(".")[0] in ("auth", "smtp", "outbox")
+    secret_section = key.split(".")[0] in ("auth", "smtp", "outbox", "dkim", "subscribers")
     shown = f" (got {value!r})" if scalar and not secret_section else ""
     more = f"; {exc.error_count() - 1} more error(s)" if exc.error_count() > 1 else ""
-    return f"settings: {key}: {error['msg']}{shown}{more}"
+    return f"settings: {key}: {_reason(error['msg'])}{shown}{more}"
+
+
+def _reason(message: str) -> str:
+    # pydantic prefixes what a validator raised with its own words.
+    return message.removeprefix("Value error, ")

@@ -36,7 +36,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     await app.startup()
     logger.info(
         "worker delivering to %s from the %s outbox",
-        ", ".join(settings.subscribers) or "no subscribers",
+        ", ".join(settings.subscriber_names) or "no subscribers",
         "PostgreSQL" if settings.outbox.url is not None else "SQLite",
     )
     try:

@@ -202,13 +202,13 @@ def _refuse_lone_surrogates(context: dict[str, Any]) -> None:
             )
 
 
-async def render_timed(
-    renderer: Renderer, name: str, context: dict[str, Any], *, context_bytes: int
-) -> ComposedMessage:
+async def render_timed(renderer: Renderer, name: str, asked: MessageRequest) -> ComposedMessage:
     """``renderer.render_async``, timed into the ``notifier_render_seconds`` histogram."""
     metrics: Metrics = current_app.extensions["notifier.metrics"]
     started = time.perf_counter()
-    composed = await renderer.render_async(name, context, context_bytes=context_bytes)
+    composed = await renderer.render_async(
+        name, asked.context, context_bytes=asked.context_bytes, attachments=asked.attachments
+    )
     metrics.render_seconds.observe(time.perf_counter() - started)
     return composed
 
@@ -240,9 +240,7 @@ async def render_message(name: TemplateName) -> Response:
     """
     renderer: Renderer = current_app.extensions["notifier.renderer"]
     asked = await read_message_request()
-    composed = await render_timed(renderer, name, asked.context, context_bytes=asked.context_bytes)
-    if asked.attachments:
-        composed = await renderer.attach_async(composed, asked.attachments)
+    composed = await render_timed(renderer, name, asked)
     if _wants_json():
         view = message_view(composed.data)
         view["envelope"] = {"from": composed.sender, "to": composed.recipients}

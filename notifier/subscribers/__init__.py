@@ -2,7 +2,9 @@
 
 Settings list them by name: ``smtp`` and ``log`` are built in; anything else is a dotted
 path ``package.module:function`` to a receiver (see :mod:`notifier.signals` for its
-signature). Built-in subscribers that hold resources (the SMTP connection pool) are
+signature). An entry may also be a mapping with a ``type`` and that type's settings
+(``{name, type: webhook, url, secret}``), registered under its ``name``. Built-in
+subscribers that hold resources (the SMTP connection pool, a webhook's HTTP client) are
 closed with the app.
 
 :class:`Subscriber` is public: pass a list of them to ``create_app(subscribers=...)``.
@@ -12,12 +14,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from notifier.errors import SettingsError
-from notifier.settings import Settings
+from notifier.settings import Settings, WebhookSubscriberSettings
 
 __all__ = ["Subscriber", "load_subscribers"]
 
@@ -43,14 +46,19 @@ class Subscriber:
 
 
 def load_subscribers(
-    settings: Settings, *, on_relay_state: Callable[[bool], None] | None = None
+    settings: Settings,
+    *,
+    on_relay_state: Callable[[bool], None] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> list[Subscriber]:
-    """Resolve every name in ``settings.subscribers``; unknown ones stop start-up.
+    """Resolve every entry of ``settings.subscribers``; unknown names stop start-up.
 
-    ``on_relay_state`` hears from the ``smtp`` subscriber whether the relay answers.
+    ``on_relay_state`` hears from the ``smtp`` subscriber whether the relay answers;
+    ``clock`` (epoch seconds) is the time webhooks sign with.
     """
     from notifier.subscribers.log import LogSubscriber
     from notifier.subscribers.smtp import SmtpSubscriber
+    from notifier.subscribers.webhook import WebhookSubscriber
 
     built_in: dict[str, Callable[[Settings], Callable[..., Any]]] = {
         "smtp": lambda s: SmtpSubscriber(s.smtp, on_relay_state=on_relay_state),
@@ -58,7 +66,19 @@ def load_subscribers(
     }
     subscribers = []
     seen: set[str] = set()
-    for name in settings.subscribers:
+    for entry in settings.subscribers:
+        if isinstance(entry, WebhookSubscriberSettings):
+            # The settings checked these entries (and that names are unique).
+            webhook = WebhookSubscriber(
+                entry,
+                timeout=settings.delivery.subscriber_timeout,
+                max_connections=settings.delivery.concurrency,
+                clock=clock,
+            )
+            subscribers.append(Subscriber(name=entry.name, receiver=webhook))
+            seen.add(entry.name)
+            continue
+        name = entry
         if name in seen:
             raise SettingsError(f"settings: subscribers: {name!r} is listed twice")
         seen.add(name)
