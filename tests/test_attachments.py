@@ -218,7 +218,7 @@ async def test_twenty_attachments_keep_their_order_names_and_bytes(
     ]
 
 
-async def test_html_template_keeps_its_alternative_as_the_first_part(
+async def test_html_template_keeps_its_alternative_and_images_as_the_first_part(
     serving: MakeClient, attaching_settings: dict[str, Any], smtp_capture: Any
 ) -> None:
     client = await serving(attaching_settings)
@@ -232,9 +232,13 @@ async def test_html_template_keeps_its_alternative_as_the_first_part(
     assert message.get_content_type() == "multipart/mixed"
     first = next(message.iter_parts())
     assert first.get_content_type() == "multipart/alternative"
-    assert [part.get_content_type() for part in first.iter_parts()] == [
-        "text/plain",
+    text, related = first.iter_parts()
+    assert text.get_content_type() == "text/plain"
+    # order_shipped shows the shop's logo inline: its HTML and the image stay together.
+    assert related.get_content_type() == "multipart/related"
+    assert [part.get_content_type() for part in related.iter_parts()] == [
         "text/html",
+        "image/png",
     ]
     assert message.get_body(preferencelist=("html",)) is not None
     assert attachments_of(message) == [("note.pdf", "application/pdf", pdf)]

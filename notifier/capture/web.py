@@ -181,6 +181,10 @@ def create_capture_app(store: MessageStore, faults: FaultRules) -> Quart:
         # text/plain, urlencoded or multipart without asking first; a JSON body makes the
         # browser ask (a CORS preflight), and this server never says yes to another origin.
         if request.mimetype != "application/json":
+            # Read (and drop) the body first: a refusal sent while the body is still
+            # unread makes the server close the connection, and a client that sends its
+            # next request on it meanwhile sees it reset instead of answered.
+            await request.get_data()
             raise UnsupportedMediaType(
                 "send the fault rule as JSON with Content-Type: application/json"
             )
