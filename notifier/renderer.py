@@ -286,7 +286,12 @@ class Renderer:
                 # Starting processes blocks for a while: do it in a thread, once.
                 if self._pool_starting is None:
                     self._pool_starting = asyncio.ensure_future(asyncio.to_thread(self._start_pool))
-                self._pool = await asyncio.shield(self._pool_starting)
+                try:
+                    self._pool = await asyncio.shield(self._pool_starting)
+                except RuntimeError as exc:
+                    # multiprocessing refuses to start processes from some programs (one
+                    # that starts them while its main module is still being imported).
+                    raise OSError(f"cannot start render processes: {exc}") from None
                 self._pool_starting = None
             loop = asyncio.get_running_loop()
             composed: ComposedMessage = await loop.run_in_executor(self._pool, function, *args)

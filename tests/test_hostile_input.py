@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -309,3 +311,51 @@ async def test_healthz_answers_within_a_second_while_the_worst_requests_run(
     statuses = {path: status for path, status, _ in results}
     assert statuses["/v1/render/huge"] == 422
     assert statuses["/v1/render/slow"] in (422, 503)
+
+
+NO_MAIN_GUARD = """\
+import asyncio, json, sys
+from pathlib import Path
+from notifier.errors import NotifierError
+from notifier.renderer import LOOP_CONTEXT_BYTES, Renderer
+from notifier.templates import TemplateStore
+
+templates = Path(sys.argv[1])
+renderer = Renderer(
+    templates=TemplateStore(templates), message_id_domain="example.com", default_from=None
+)
+order = json.loads((templates / "burger_receipt.example.json").read_text())
+order["padding"] = "x" * (LOOP_CONTEXT_BYTES + 1)
+
+async def main():
+    try:
+        await renderer.render_async("burger_receipt", order, context_bytes=LOOP_CONTEXT_BYTES + 1)
+        answer = "rendered"
+    except NotifierError as exc:
+        answer = str(exc.status)
+    except Exception as exc:
+        answer = "unexpected " + type(exc).__name__
+    print("answer:", answer, flush=True)
+
+asyncio.run(main())
+renderer.close()
+"""
+
+
+def test_render_processes_that_cannot_start_are_a_503(tmp_path: Path, templates_dir: Path) -> None:
+    # A program without `if __name__ == "__main__"` runs again in the process that starts
+    # render processes, while its main module is still being imported there, and
+    # multiprocessing refuses to start them from it: that render is told to try again
+    # (503), as when a render process dies, never an unexpected error.
+    script = tmp_path / "no_main_guard.py"
+    script.write_text(NO_MAIN_GUARD)
+    result = subprocess.run(
+        [sys.executable, str(script), str(templates_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    answers = {line for line in result.stdout.splitlines() if line.startswith("answer:")}
+    assert "answer: 503" in answers, result.stdout + result.stderr
+    assert answers <= {"answer: 503", "answer: rendered"}, result.stdout + result.stderr
