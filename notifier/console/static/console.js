@@ -45,8 +45,12 @@ function preview(form) {
     show("raw", message.raw);
     // The HTML part is fetched into the sandboxed frame by a form post: the frame's
     // document then carries its own policy (its styles inline, no script at all).
-    document.getElementById("html-context").value = context.value;
-    htmlForm.submit();
+    const hasHtml = message.html !== null;
+    document.getElementById("html-part").hidden = !hasHtml;
+    if (hasHtml) {
+      document.getElementById("html-context").value = context.value;
+      htmlForm.submit();
+    }
   }
 
   async function render() {
