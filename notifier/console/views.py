@@ -33,7 +33,7 @@ from notifier.api.render import read_json_object, render_timed
 from notifier.compose import message_view
 from notifier.console.access import ConsoleAccess, csrf_field, see_other
 from notifier.errors import NothingToRetry, NotifierError, UnknownMessage, UnknownTemplate
-from notifier.outbox import DELIVERY_STATUSES, MessageRecord, Outbox
+from notifier.outbox import DELIVERY_STATUSES, DeliveryStatus, MessageRecord, Outbox
 from notifier.problems import PROBLEM_TYPE_BASE, problem_body
 from notifier.renderer import Renderer
 from notifier.sending import Sending
@@ -53,6 +53,8 @@ PAGE_SIZE = 50
 #: Rows one listing reads from the outbox at most while filtering by template or time:
 #: a filter that matches little costs a bounded amount of work, not a scan of everything.
 MAX_SCANNED = 2000
+#: Rows asked of the outbox at a time while filtering.
+BATCH = 200
 #: The time filter's choices: (value, label, seconds back; 0 for all).
 SINCE_CHOICES = (
     ("1h", "last hour", 3600),
@@ -269,7 +271,7 @@ def template_version(directory: Path) -> str:
 async def message_list() -> str:
     outbox: Outbox = current_app.extensions["notifier.outbox"]
     status = request.args.get("status", "")
-    statuses = (status,) if status in DELIVERY_STATUSES else DELIVERY_STATUSES
+    statuses = tuple(one for one in DELIVERY_STATUSES if one == status) or DELIVERY_STATUSES
     template = request.args.get("template", "")
     since = request.args.get("since", "24h")
     seconds = next((s for value, _, s in SINCE_CHOICES if value == since), None)
@@ -298,14 +300,19 @@ async def message_list() -> str:
 
 
 async def _matching(
-    outbox: Outbox, status: str, *, template: str, cutoff: float | None, before: str | None
+    outbox: Outbox,
+    status: DeliveryStatus,
+    *,
+    template: str,
+    cutoff: float | None,
+    before: str | None,
 ) -> list[MessageRecord]:
     """Up to one page and one more of ``status`` messages matching the filters, newest
     first, reading at most :data:`MAX_SCANNED` rows."""
     matched: list[MessageRecord] = []
     scanned = 0
     while scanned < MAX_SCANNED:
-        batch = await outbox.list_messages(status=status, limit=200, before=before)  # type: ignore[arg-type]
+        batch = await outbox.list_messages(status=status, limit=BATCH, before=before)
         scanned += len(batch)
         for record in batch:
             if cutoff is not None and record.created_at < cutoff:
@@ -314,7 +321,7 @@ async def _matching(
                 matched.append(record)
                 if len(matched) > PAGE_SIZE:
                     return matched
-        if len(batch) < 200:
+        if len(batch) < BATCH:
             break
         before = batch[-1].id
     return matched
