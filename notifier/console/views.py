@@ -11,9 +11,11 @@ Internal to notifier: not part of its public API (see :mod:`notifier`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -247,20 +249,20 @@ def template_version(directory: Path) -> str:
     """A fingerprint of the templates directory (names, sizes, modification times): it
     changes when a template, an include or an example is edited, added or removed."""
     digest = hashlib.sha256()
-    seen = 0
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
-        for file_name in sorted(files):
-            seen += 1
-            if seen > MAX_VERSION_FILES:
-                break
-            path = os.path.join(root, file_name)
-            try:
-                stat = os.stat(path)
-            except OSError:
-                continue
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for path in itertools.islice(_files_under(directory), MAX_VERSION_FILES):
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue  # removed meanwhile: the next poll sees it gone
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _files_under(directory: Path) -> Iterator[str]:
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()  # a stable order: the same files give the same fingerprint
+        for file_name in sorted(files):
+            yield os.path.join(root, file_name)
 
 
 # -- messages ----------------------------------------------------------------------------
