@@ -244,3 +244,4 @@ def test_operator_signs_in_previews_follows_edits_retries_and_signs_out(
     log = console_server.log_text()
     assert ADMIN_TOKEN not in log
     assert "/console/sign-in" in log
+    assert "operator console at /console (sign in with an admin token)" in log

@@ -11,6 +11,8 @@ Internal to notifier: not part of its public API (see :mod:`notifier`).
 
 from __future__ import annotations
 
+import logging
+
 from quart import Quart
 
 from notifier.api.auth import Authenticator
@@ -21,8 +23,18 @@ __all__ = ["CONSOLE_PATH", "init_console"]
 
 CONSOLE_PATH = "/console"
 
+logger = logging.getLogger("notifier.console")
+
 
 def init_console(app: Quart, *, authenticator: Authenticator) -> None:
     """Serve the console on ``app``, guarded by the API's ``authenticator``."""
-    app.extensions["notifier.console"] = ConsoleAccess(authenticator)
+    access = ConsoleAccess(authenticator)
+    app.extensions["notifier.console"] = access
     app.register_blueprint(console)
+
+    @app.before_serving
+    async def announce_console() -> None:
+        # The path only: the address is hypercorn's "Running on" line (and `make run`
+        # prints the whole URL).
+        who = "open, no tokens configured" if access.open else "sign in with an admin token"
+        logger.info("operator console at %s (%s)", CONSOLE_PATH, who)
