@@ -26,6 +26,7 @@ run: $(STAMP)
 		--http-host $(HOST) --http-port $(CAPTURE_HTTP_PORT) --dir var/capture & \
 	capture=$$!; \
 	trap 'kill $$capture 2>/dev/null; wait $$capture 2>/dev/null' EXIT INT TERM; \
+	echo "notifier: API at http://$(HOST):$(PORT), operator console at http://$(HOST):$(PORT)/console"; \
 	$(BIN)/notifier serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)

@@ -17,6 +17,7 @@ from notifier.api.auth import Authenticator
 from notifier.api.multipart import request_class as multipart_request_class
 from notifier.api.ratelimit import RateLimiter
 from notifier.api.tracing import init_tracing
+from notifier.console import init_console
 from notifier.dispatch import Dispatcher
 from notifier.errors import OutboxUnavailable
 from notifier.metrics import Metrics
@@ -140,9 +141,11 @@ def create_app(
     # Order matters: authentication names the caller, the rate limit counts by it; the
     # request id comes first of all (init_tracing puts its hook in front).
     limiter = RateLimiter(settings.limits, tokens=settings.auth.tokens)
-    Authenticator(settings.auth, limiter=limiter).init_app(app)
+    authenticator = Authenticator(settings.auth, limiter=limiter)
+    authenticator.init_app(app)
     limiter.init_app(app)
     init_tracing(app, metrics)
     register_error_handlers(app, too_large="limits.max_body_bytes")
     register_blueprints(app)
+    init_console(app, authenticator=authenticator)
     return app

@@ -85,6 +85,28 @@ class Authenticator:
     def open(self) -> bool:
         return not self._tokens
 
+    def authenticate(self, presented: str) -> tuple[str, frozenset[str]]:
+        """The name and scopes of the token ``presented`` (the operator console's sign-in
+        uses this); :class:`Unauthorized`, or 429 after too many failures, otherwise."""
+        token = self._authenticate(f"Bearer {presented}")
+        return token.name, token.scopes
+
+    def scopes_of(self, name: str) -> frozenset[str]:
+        """The scopes of the token named ``name``; empty when no token has that name."""
+        for token in self._tokens:
+            if token.name == name:
+                return token.scopes
+        return frozenset()
+
+    def derive_key(self, purpose: str) -> bytes | None:
+        """A key for ``purpose`` made from the admin tokens' digests, the same in every
+        process and replica with these settings, and a different one once an admin token
+        changes (so what it signed stops being valid); None without admin tokens."""
+        digests = sorted(token.digest for token in self._tokens if "admin" in token.scopes)
+        if not digests:
+            return None
+        return hmac.new(b"".join(digests), purpose.encode("utf-8"), hashlib.sha256).digest()
+
     def init_app(self, app: Quart) -> None:
         app.before_request(self.check)
 
