@@ -31,7 +31,7 @@ from quart import (
 from quart_schema import hide
 from werkzeug.exceptions import NotFound
 
-from notifier.api.render import read_json_object, render_timed
+from notifier.api.render import MessageRequest, read_json_object, render_timed
 from notifier.compose import message_view
 from notifier.console.access import ConsoleAccess, csrf_field, see_other
 from notifier.errors import NothingToRetry, NotifierError, UnknownMessage, UnknownTemplate
@@ -199,7 +199,8 @@ async def preview(name: str) -> dict[str, Any]:
     _template_name(name)
     try:
         context, size = await read_json_object()
-        composed = await render_timed(_renderer(), name, context, context_bytes=size)
+        asked = MessageRequest(context=context, context_bytes=size, attachments=())
+        composed = await render_timed(_renderer(), name, asked)
     except NotifierError as error:
         return {
             "problem": problem_body(
