@@ -186,7 +186,11 @@ def test_operator_signs_in_previews_follows_edits_retries_and_signs_out(
             frame = page.frame_locator("iframe#html")
             frame.get_by_text("Hello Bob Smith").wait_for()
             assert page.locator("iframe#html").get_attribute("sandbox") == ""
-            assert "A-10042" in frame.locator("strong").first.inner_text()
+            frame.locator("strong", has_text="A-10042").wait_for()
+            # The shop's logo, an inline image (cid:), is shown from the message's own part.
+            logo = frame.locator("img").first
+            assert (logo.get_attribute("src") or "").startswith("data:image/png;base64,")
+            assert logo.evaluate("image => image.complete && image.naturalWidth > 0")
             # Not full_page: Chromium does not paint the frame's separate process into
             # the stitched full-page capture. A tall viewport shows the frame instead.
             page.set_viewport_size(TALL)

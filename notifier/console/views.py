@@ -10,12 +10,15 @@ Internal to notifier: not part of its public API (see :mod:`notifier`).
 
 from __future__ import annotations
 
+import base64
+import email.policy
 import hashlib
 import itertools
 import json
 import os
 import time
 from collections.abc import Iterator
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
@@ -239,11 +242,32 @@ async def preview_html(name: str) -> Response:
             html = "<p>No preview: see the problem above the frame.</p>"
         else:
             body = message_view(composed.data)["html"]
-            html = body if body is not None else "<p>This message has no HTML part.</p>"
+            if body is None:
+                html = "<p>This message has no HTML part.</p>"
+            else:
+                html = _with_inline_images(composed.data, body)
     response = Response(html, content_type="text/html; charset=utf-8")
     response.headers["Content-Security-Policy"] = HTML_PREVIEW_POLICY
     response.headers["X-Frame-Options"] = "SAMEORIGIN"  # framed by the console page
     return response
+
+
+def _with_inline_images(data: bytes, html: str) -> str:
+    """``html`` with each ``cid:`` URL of an image the message carries replaced by a
+    ``data:`` URL of it: a browser cannot resolve ``cid:``, and the frame's policy lets
+    it show embedded images only."""
+    message = BytesParser(policy=email.policy.default).parsebytes(data)
+    for part in message.walk():
+        content_id = part.get("Content-ID", "")
+        if part.get_content_maintype() != "image" or not content_id:
+            continue
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        encoded = base64.b64encode(payload).decode("ascii")
+        url = f"data:{part.get_content_type()};base64,{encoded}"
+        html = html.replace(f"cid:{content_id.strip().strip('<>')}", url)
+    return html
 
 
 def template_version(directory: Path) -> str:
