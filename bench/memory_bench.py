@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import postgres_server  # type: ignore[import-not-found]
-from http_bench import BURGER  # type: ignore[import-not-found]
+from delivery_bench import post_all  # type: ignore[import-not-found]
 from notifier_servers import (  # type: ignore[import-not-found]
     NotifierServer,
     deployment_settings,
@@ -56,31 +56,8 @@ def resident_bytes(pid: int) -> int:
 async def send_many(port: int, count: int, connections: int) -> float:
     """Send ``count`` burger orders over ``connections`` keep-alive connections; return
     the requests per second."""
-    request = (
-        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(BURGER)}\r\n\r\n"
-    ).encode() + BURGER
-    remaining = [count]
-
-    async def one_connection() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while remaining[0] > 0:
-                remaining[0] -= 1
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                if head[9:12] != b"202":
-                    raise RuntimeError(f"unexpected answer: {head!r}")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                await reader.readexactly(length)
-        finally:
-            writer.close()
-
     start = time.perf_counter()
-    await asyncio.gather(*(one_connection() for _ in range(connections)))
+    await post_all(port, PATH, count, connections)
     return count / (time.perf_counter() - start)
 
 
