@@ -50,6 +50,32 @@ async def test_a_lone_surrogate_is_400(
     assert "surrogate" in problem["detail"]
 
 
+@pytest.mark.parametrize("path", [BURGER, "/v1/send/burger_receipt"])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "latin-1"])
+async def test_json_that_is_not_utf8_is_400(
+    client: QuartClient, burger_order: dict[str, Any], path: str, encoding: str
+) -> None:
+    # json.loads would read UTF-16 and UTF-32 bytes, and with them a lone surrogate that
+    # no check had seen; JSON between systems is UTF-8 (RFC 8259 8.1).
+    name = "Zo\u00eb" if encoding == "latin-1" else "Zo\u00eb \ud800"
+    raw = json.dumps({**burger_order, "name": name}, ensure_ascii=False).encode(
+        encoding, "surrogatepass"
+    )
+    response = await client.post(path, data=raw, headers={"Content-Type": "application/json"})
+    problem = await assert_problem(response, 400)
+    assert "UTF-8" in problem["detail"] or "not valid JSON" in problem["detail"]
+
+
+async def test_a_context_part_that_is_not_utf8_is_400(
+    client: QuartClient, burger_order: dict[str, Any]
+) -> None:
+    from tests.test_attachments import FORM, context_part, form_body
+
+    raw = json.dumps({**burger_order, "name": "\ud800"}).encode("utf-16")
+    response = await client.post(BURGER, data=form_body([context_part(raw)]), headers=FORM)
+    await assert_problem(response, 400)
+
+
 async def test_a_surrogate_pair_is_one_character(
     client: QuartClient, burger_order: dict[str, Any]
 ) -> None:

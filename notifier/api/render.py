@@ -145,13 +145,20 @@ async def read_json_object() -> tuple[dict[str, Any], int]:
 def json_object(raw: bytes | str, *, what: str) -> dict[str, Any]:
     """``raw`` parsed as a JSON object; :class:`BadRequestBody` (400) unless it is one
     (``what`` names it in the error: "the body", "the context part")."""
+    if isinstance(raw, bytes):
+        # JSON exchanged between systems is UTF-8 (RFC 8259 8.1). json.loads would also
+        # take UTF-16 and UTF-32 bytes, where the surrogate check below cannot look.
+        try:
+            raw = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise BadRequestBody(f"{what} is not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
         context = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise BadRequestBody(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(context, dict):
         raise BadRequestBody(f"{what} must be a JSON object, not a JSON {type(context).__name__}")
-    if isinstance(raw, bytes) and _ESCAPED_SURROGATE.search(raw) is not None:
+    if _ESCAPED_SURROGATE.search(raw) is not None:
         _refuse_lone_surrogates(context)
     return context
 
@@ -180,7 +187,7 @@ async def read_message_request() -> MessageRequest:
 
 
 # A \uD800-\uDFFF escape: JSON text may spell a lone surrogate this way (UTF-8 cannot).
-_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 

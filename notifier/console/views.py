@@ -34,10 +34,16 @@ from quart import (
 from quart_schema import hide
 from werkzeug.exceptions import NotFound
 
-from notifier.api.render import MessageRequest, read_json_object, render_timed
+from notifier.api.render import MessageRequest, json_object, read_json_object, render_timed
 from notifier.compose import message_view
 from notifier.console.access import ConsoleAccess, csrf_field, see_other
-from notifier.errors import NothingToRetry, NotifierError, UnknownMessage, UnknownTemplate
+from notifier.errors import (
+    BadRequestBody,
+    NothingToRetry,
+    NotifierError,
+    UnknownMessage,
+    UnknownTemplate,
+)
 from notifier.outbox import DELIVERY_STATUSES, DeliveryStatus, MessageRecord, Outbox
 from notifier.problems import PROBLEM_TYPE_BASE, problem_body
 from notifier.renderer import Renderer
@@ -228,12 +234,10 @@ async def preview_html(name: str) -> Response:
     form = await request.form
     html = "<p>The context is not a JSON object.</p>"
     try:
-        context = json.loads(form.get("context", ""))
-        valid = isinstance(context, dict)
-        if valid:
-            # A lone surrogate escape ("\ud800") is not text: the API refuses it (400).
-            json.dumps(context, ensure_ascii=False).encode("utf-8")
-    except (ValueError, RecursionError, UnicodeEncodeError):
+        # The API's own reading: the same 400s (lone surrogates, NaN) as /v1/render.
+        context = json_object(form.get("context", ""), what="the context")
+        valid = True
+    except BadRequestBody:
         valid = False
     if valid:
         try:
