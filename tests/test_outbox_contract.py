@@ -160,6 +160,19 @@ async def test_list_messages_by_status_newest_first_in_pages(outbox: Outbox) -> 
     assert await outbox.list_messages(status="delivered", limit=10, before=None) == []
 
 
+async def test_ids_and_cursors_holding_nul_find_nothing_and_page_alike(outbox: Outbox) -> None:
+    # Request data reaches these as they are; PostgreSQL text cannot hold NUL at all.
+    records = [await outbox.add(new_message(n), subscribers=["smtp"]) for n in range(3)]
+    newest, middle, oldest = sorted((r.id for r in records), reverse=True)
+    assert await outbox.get("a\x00b") is None
+    assert await outbox.get(newest + "\x00") is None
+    assert await outbox.retry(newest + "\x00") is None
+    # NUL sorts before any other character: below "<id>\0x" is that id and older.
+    page = await outbox.list_messages(status="queued", limit=10, before=middle + "\x00x")
+    assert [r.id for r in page] == [middle, oldest]
+    assert await outbox.list_messages(status="queued", limit=10, before="\x00") == []
+
+
 async def test_retry_requeues_failed_deliveries_with_a_fresh_budget(
     outbox: Outbox, clock: Clock
 ) -> None:

@@ -221,6 +221,8 @@ class PostgresOutbox:
         )
 
     async def get(self, message_id: str) -> MessageRecord | None:
+        if "\x00" in message_id:
+            return None  # PostgreSQL text cannot hold NUL: no id has one
         async with self._transaction() as conn:
             records = await _select_records(conn, [message_id])
         return records[0] if records else None
@@ -240,18 +242,25 @@ class PostgresOutbox:
             "delivered": "NOT EXISTS (SELECT 1 FROM notifier_deliveries d"
             " WHERE d.message = m.id AND d.status != 'delivered')",
         }[status]
+        below, bound = "<", before or "~"
+        if before is not None and "\x00" in before:
+            # PostgreSQL text cannot hold NUL. NUL sorts before every other character, so
+            # the ids below "ab\0..." are those up to and including "ab".
+            below, bound = "<=", before.partition("\x00")[0]
         query = (
-            f"SELECT m.id FROM notifier_messages m WHERE {driving} AND m.id < %s"  # noqa: S608
+            f"SELECT m.id FROM notifier_messages m WHERE {driving} AND m.id {below} %s"  # noqa: S608
             " ORDER BY m.id DESC LIMIT %s"
         )
         async with self._transaction() as conn:
-            cursor = await conn.execute(query.encode(), (before or "~", limit))
+            cursor = await conn.execute(query.encode(), (bound, limit))
             ids = [row[0] for row in await cursor.fetchall()]
             records = await _select_records(conn, ids)
         by_id = {record.id: record for record in records}
         return [by_id[i] for i in ids if i in by_id]
 
     async def retry(self, message_id: str) -> tuple[MessageRecord, int] | None:
+        if "\x00" in message_id:
+            return None  # as in get()
         now = self._clock()
         async with self._transaction() as conn:
             # One statement checks and requeues: a second operator's retry waits for this
