@@ -4,12 +4,14 @@ idempotency over the attachments; the round trip of any file name and any bytes.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.header
 import email.policy
 import functools
 import json
 import re
+import time
 import zlib
 from collections.abc import Sequence
 from email.message import EmailMessage
@@ -339,6 +341,38 @@ async def test_render_json_view_lists_attachments_without_their_bytes(
     assert view["text"].startswith("Hello Bob,")
     assert view["headers"]["Content-Type"].startswith("multipart/mixed; boundary=")
     assert set(view) == {"headers", "text", "html", "raw", "attachments", "envelope"}
+
+
+async def test_render_json_view_of_ten_mib_keeps_the_event_loop_free(
+    client: QuartClient, burger_order: Any
+) -> None:
+    # Reading a 14 MiB message back for the JSON view takes the email package about half
+    # a second: on the event loop, every other request would wait that long.
+    content = bytes(range(256)) * (10 * 1024 * 4)
+    body = form_body([context_part(burger_order), file_part("big.bin", content)])
+    gaps: list[float] = []
+
+    async def heartbeat() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    beating = asyncio.create_task(heartbeat())
+    try:
+        response = await client.post(
+            "/v1/render/burger_receipt", data=body, headers={**FORM, "Accept": "application/json"}
+        )
+    finally:
+        beating.cancel()
+    assert response.status_code == 200
+    view = await response.get_json()
+    assert view["attachments"] == [
+        {"filename": "big.bin", "content_type": "application/pdf", "size": len(content)}
+    ]
+    assert max(gaps) < 0.3, f"the event loop stopped for {max(gaps):.2f} s"
 
 
 # -- limits ---------------------------------------------------------------------------

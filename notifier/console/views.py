@@ -34,8 +34,13 @@ from quart import (
 from quart_schema import hide
 from werkzeug.exceptions import NotFound
 
-from notifier.api.render import MessageRequest, json_object, read_json_object, render_timed
-from notifier.compose import message_view
+from notifier.api.render import (
+    MessageRequest,
+    json_object,
+    message_view_async,
+    read_json_object,
+    render_timed,
+)
 from notifier.console.access import ConsoleAccess, csrf_field, see_other
 from notifier.errors import (
     BadRequestBody,
@@ -220,9 +225,7 @@ async def preview(name: str) -> dict[str, Any]:
                 **error.extra,
             )
         }
-    view = message_view(composed.data)
-    view["envelope"] = {"from": composed.sender, "to": composed.recipients}
-    return {"message": view}
+    return {"message": await message_view_async(composed)}
 
 
 @console.post("/templates/<name>/html")
@@ -245,7 +248,7 @@ async def preview_html(name: str) -> Response:
         except NotifierError:
             html = "<p>No preview: see the problem above the frame.</p>"
         else:
-            body = message_view(composed.data)["html"]
+            body = (await message_view_async(composed))["html"]
             if body is None:
                 html = "<p>This message has no HTML part.</p>"
             else:
