@@ -240,6 +240,28 @@ async def test_changes_without_csrf_token_or_from_elsewhere_are_refused(
     assert (await token_client.get("/console")).status_code == 200  # still signed in
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://localhost", "Sec-Fetch-Site": "same-origin"},
+        {"Origin": "https://localhost"},  # a browser that sends no Sec-Fetch-Site
+    ],
+)
+async def test_signing_in_behind_a_proxy_that_ends_tls_works(
+    token_client: QuartClient, headers: dict[str, str]
+) -> None:
+    # The page is https://localhost/console at the proxy; notifier sees plain http.
+    response = await token_client.post(
+        "/console/sign-in", form={"token": ADMIN_TOKEN}, headers=headers
+    )
+    assert response.status_code == 303
+    page = await _page(token_client, "/console")
+    response = await token_client.post(
+        "/console/sign-out", form={"csrf": _csrf(page)}, headers=headers
+    )
+    assert response.status_code == 303
+
+
 async def test_a_wrong_csrf_token_is_refused(token_client: QuartClient) -> None:
     await _sign_in(token_client)
     response = await token_client.post(

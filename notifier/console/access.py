@@ -18,6 +18,7 @@ Internal to notifier: not part of its public API (see :mod:`notifier`).
 from __future__ import annotations
 
 import hmac
+from urllib.parse import urlsplit
 
 from markupsafe import Markup
 from quart import Response, g, request
@@ -158,12 +159,19 @@ class ConsoleAccess:
 
 def _refuse_cross_site() -> None:
     fetch_site = request.headers.get("Sec-Fetch-Site")
-    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
-        raise Forbidden(
-            f"cross-site request refused (Sec-Fetch-Site: {fetch_site[:40]})", title=REFUSED
-        )
+    if fetch_site is not None:
+        # The browser says where the request comes from; it knows the page's real
+        # origin, which notifier behind a proxy that ends TLS does not.
+        if fetch_site not in ("same-origin", "none"):
+            raise Forbidden(
+                f"cross-site request refused (Sec-Fetch-Site: {fetch_site[:40]})", title=REFUSED
+            )
+        return
+    # Browsers without Sec-Fetch-Site: the Origin's host must be this console's. Only the
+    # host: behind a proxy that ends TLS the page's https:// origin reaches notifier as
+    # http. (The CSRF token is checked as well in either case.)
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
         raise Forbidden(
             "cross-origin request refused (Origin does not match this console)", title=REFUSED
         )
