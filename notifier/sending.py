@@ -228,6 +228,7 @@ def _claim_of(record: MessageRecord, message: NewMessage) -> Claim:
         data=message.data,
         created_at=datetime.fromtimestamp(record.created_at, UTC),
         request_id=record.request_id,
+        template_version=record.template_version,
     )
     return Claim(
         message=outbound,

@@ -58,6 +58,9 @@ class OutboundMessage:
     attempt: int = 1
     #: The id of the HTTP request that accepted the message (``X-Request-ID``).
     request_id: str | None = None
+    #: Which version of the template files rendered it (as in ``GET /v1/messages/<id>``;
+    #: None for messages stored before versions were recorded).
+    template_version: str | None = None
 
     def for_attempt(self, *, attempt: int, recipients: list[str] | None) -> OutboundMessage:
         """A copy for one subscriber's attempt (optionally for fewer recipients)."""

@@ -472,6 +472,19 @@ def test_overall_status_rules() -> None:
 # -- SQLite only --------------------------------------------------------------------------
 
 
+async def test_sqlite_files_opened_by_many_at_once_all_open(tmp_path: Path) -> None:
+    # Switching a new file to WAL needs it alone for an instant, and SQLite said "database
+    # is locked" at once to the others (about one round in fifteen failed before).
+    for round_number in range(40):
+        path = tmp_path / f"o{round_number}.sqlite3"
+        outboxes = [SqliteOutbox(path) for _ in range(5)]
+        try:
+            await asyncio.gather(*(outbox.open() for outbox in outboxes))
+        finally:
+            for outbox in outboxes:
+                await outbox.close()
+
+
 async def test_sqlite_schema_survives_reopening(tmp_path: Path, clock: Clock) -> None:
     path = tmp_path / "o.sqlite3"
     first = SqliteOutbox(path, clock=clock)

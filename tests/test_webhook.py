@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -17,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
@@ -127,7 +129,9 @@ async def test_each_message_is_posted_signed_per_standard_webhooks(
         "sender": "shopping@example-shop.com",
         "recipients": ["bob@example.com"],
         "created_at": status["created_at"],
+        "template_version": status["template_version"],
     }
+    assert re.fullmatch("[0-9a-f]{12}", payload["template_version"])
     assert headers["content-type"] == "application/json"
     assert headers["webhook-id"] == webhook_id("crm", sent["id"])
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
@@ -167,7 +171,11 @@ async def test_a_500_is_retried_with_the_same_webhook_id_then_delivered(
     assert crm["attempts"] == 3
     requests = receiver.wait_for(3)
     assert len({headers["webhook-id"] for headers, _ in requests}) == 1
-    assert all(verified(request)["id"] == status["id"] for request in requests)
+    # Attempts after the first load the message from the outbox: the payload is the same.
+    payloads = [verified(request) for request in requests]
+    assert all(payload == payloads[0] for payload in payloads)
+    assert payloads[0]["id"] == status["id"]
+    assert payloads[0]["template_version"] == status["template_version"]
 
 
 async def test_a_400_fails_for_good_and_the_response_body_is_kept_nowhere(
@@ -362,3 +370,20 @@ def test_a_bad_webhook_entry_stops_serve_with_one_line(tmp_path: Path) -> None:
     error = serve_error(tmp_path, {"subscribers": ["log", hook("file:///etc/passwd")]})
     assert "'crm': url" in error
     assert "/etc/passwd" not in error
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("120", 120.0),
+        ("9" * 5000, 1e9),  # longer than int() takes: capped, not an error
+        ("\u00b2", None),  # a digit to str.isdigit(), not to RFC 9110
+        ("soon", None),
+        ("", None),
+    ],
+)
+def test_retry_after_values_from_receivers(value: str, expected: float | None) -> None:
+    from notifier.subscribers.webhook import _retry_after
+
+    response = httpx.Response(429, headers=[(b"retry-after", value.encode())])
+    assert _retry_after(response, now=0.0) == expected

@@ -356,8 +356,8 @@ class PostgresOutbox:
             " RETURNING d.message, d.subscriber, d.attempts, d.detail)"
             # The messages in the same statement: no second round trip.
             " SELECT c.message, c.subscriber, c.attempts, c.detail, m.template, m.message_id,"
-            " m.sender, m.recipients, m.data, m.created_at, m.retried_at, m.request_id"
-            " FROM claimed c JOIN notifier_messages m ON m.id = c.message",
+            " m.sender, m.recipients, m.data, m.created_at, m.retried_at, m.request_id,"
+            " m.template_version FROM claimed c JOIN notifier_messages m ON m.id = c.message",
             {"now": now, "limit": limit, "owner": owner, "until": now + lease_seconds},
         )
         claims: dict[str, Claim] = {}
@@ -375,6 +375,7 @@ class PostgresOutbox:
                         data=bytes(row[8]),
                         created_at=datetime.fromtimestamp(row[9], UTC),
                         request_id=row[11],
+                        template_version=row[12],
                     ),
                     subscribers={},
                     retried_at=row[10],

@@ -299,7 +299,7 @@ class SqliteOutbox:
             marks = ",".join("?" * len(due))  # placeholders only; the ids are parameters
             select = (
                 "SELECT id, template, message_id, sender, recipients, data, created_at,"  # noqa: S608
-                f" retried_at, request_id FROM messages WHERE id IN ({marks})"
+                f" retried_at, request_id, template_version FROM messages WHERE id IN ({marks})"
             )
             claims = []
             for row in db.execute(select, list(due)):
@@ -312,6 +312,7 @@ class SqliteOutbox:
                     data=row[5],
                     created_at=datetime.fromtimestamp(row[6], UTC),
                     request_id=row[8],
+                    template_version=row[9],
                 )
                 claims.append(Claim(message=message, subscribers=due[row[0]], retried_at=row[7]))
             return claims
@@ -524,6 +525,25 @@ _MIGRATIONS: list[str] = [
 ]
 
 
+#: Seconds a new connection keeps asking for WAL mode while other processes hold the file.
+WAL_SWITCH_SECONDS = 10.0
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    # Processes opening a new file at the same moment: switching it to WAL needs the file
+    # alone for an instant, and SQLite answers "database is locked" at once instead of
+    # waiting (its busy timeout does not cover this pragma). Asking again soon succeeds.
+    deadline = time.monotonic() + WAL_SWITCH_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _migrate(db: sqlite3.Connection) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > len(_MIGRATIONS):
@@ -645,7 +665,7 @@ class _StoreThread:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self._path, isolation_level=None, timeout=10.0)
             try:
-                db.execute("PRAGMA journal_mode = WAL")
+                _use_wal(db)
                 db.execute("PRAGMA synchronous = FULL")
                 db.execute("PRAGMA foreign_keys = ON")
             except sqlite3.Error:

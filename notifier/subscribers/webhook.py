@@ -139,11 +139,9 @@ class WebhookSubscriber:
             "recipients": message.recipients,
             "created_at": iso_time(message.created_at.timestamp()),
         }
-        # Stored messages carry the version of the templates they came from in newer
-        # outboxes; older messages have none.
-        version = getattr(message, "template_version", None)
-        if version is not None:
-            payload["template_version"] = version
+        # Messages stored before versions were recorded have none.
+        if message.template_version is not None:
+            payload["template_version"] = message.template_version
         return payload
 
     async def aclose(self) -> None:
@@ -177,8 +175,9 @@ def _retry_after(response: httpx.Response, *, now: float) -> float | None:
     """``Retry-After`` (RFC 9110 10.2.3) as seconds from ``now``: delay seconds or an
     HTTP date; None when absent or unreadable."""
     value = response.headers.get("retry-after", "").strip()
-    if value.isdigit():
-        return float(min(int(value), 10**9))
+    if value.isascii() and value.isdigit():  # not "²", which isdigit() also accepts
+        # Ten digits are over 300 years; longer ones (int() refuses 4,300 and more) too.
+        return float(min(int(value[:10]), 10**9))
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
