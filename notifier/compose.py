@@ -837,8 +837,13 @@ _BASE64_LINE_BYTES = 57
 _BASE64_BLOCK_BYTES = _BASE64_LINE_BYTES * 2048
 
 # Control characters, line and paragraph separators, lone surrogates, and path separators
-# have no place in a file name a mail client will save under.
-_FORBIDDEN_IN_FILENAME = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# have no place in a file name a mail client will save under; nor do the bidirectional
+# controls that make "invoice\u202efdp.exe" read as "invoiceexe.pdf", or U+FFFD, what a
+# name in a wrong encoding was decoded to.
+_FORBIDDEN_IN_FILENAME = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069"
+    "\ud800-\udfff\ufffd]"
+)
 _PATH_SEPARATOR = re.compile(r"[/\\]")
 # RFC 6838 4.2: the characters of a type or subtype name.
 _RESTRICTED_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -899,7 +904,8 @@ def _check_filename(filename: str) -> None:
         )
     if _FORBIDDEN_IN_FILENAME.search(filename) is not None:
         raise InvalidAttachment(
-            "an attachment's file name holds a control character (CR, LF, NUL or another)",
+            "an attachment's file name holds a control character (CR, LF, NUL, a"
+            " bidirectional control or another) or U+FFFD",
             filename=filename.encode("ascii", "backslashreplace").decode("ascii"),
         )
     if _PATH_SEPARATOR.search(filename) is not None or filename in (".", ".."):
