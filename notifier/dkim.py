@@ -77,7 +77,7 @@ class DkimSigner:
 
     def key_for(self, data: bytes) -> SigningKey | None:
         """The key that :meth:`sign` would use for the message ``data``, if any."""
-        domain = from_domain(_header_block(data))
+        domain = _from_domain(_header_block(data))
         return None if domain is None else self.key_for_domain(domain)
 
     def sign(self, data: bytes) -> bytes:
@@ -89,7 +89,7 @@ class DkimSigner:
         process.
         """
         head = _header_block(data)
-        domain = from_domain(head)
+        domain = _from_domain(head)
         key = None if domain is None else self.key_for_domain(domain)
         if key is None:
             return data
@@ -134,7 +134,7 @@ def load_signer(settings: DkimSettings) -> DkimSigner | None:
     return DkimSigner(keys=keys)
 
 
-def from_domain(head: bytes) -> str | None:
+def _from_domain(head: bytes) -> str | None:
     """The domain of the (first) From address in the header block ``head``, in lower
     case ASCII; None when there is no From address."""
     value = None

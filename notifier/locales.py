@@ -74,7 +74,7 @@ class RequestedLocale:
     babel: Locale
 
 
-def canonical_tag(tag: str) -> str:
+def _canonical_tag(tag: str) -> str:
     """``tag`` with each subtag in the case BCP 47 recommends (``zh-Hant-TW``)."""
     language, *rest = tag.split("-")
     subtags = [language.lower()]
@@ -94,7 +94,7 @@ def tag_of_suffix(suffix: str) -> str | None:
     suffix = suffix.replace("_", "-")
     if len(suffix) > MAX_LOCALE_CHARS or _WELL_FORMED.fullmatch(suffix) is None:
         return None
-    return canonical_tag(suffix)
+    return _canonical_tag(suffix)
 
 
 def requested_locale(value: Any) -> RequestedLocale | None:
@@ -128,7 +128,7 @@ def _parse(value: str) -> RequestedLocale | None:
     # and even a refused tag costs Babel a look at the file system.
     if _WELL_FORMED.fullmatch(value) is None:
         return None
-    tag = canonical_tag(value)
+    tag = _canonical_tag(value)
     subtags = tag.split("-")
     chain = tuple("-".join(subtags[:count]).lower() for count in range(len(subtags), 0, -1))
     for candidate in chain:

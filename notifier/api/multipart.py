@@ -93,8 +93,10 @@ _IDENTITY_ENCODINGS = frozenset({"", "binary", "8bit", "7bit"})
 
 
 def is_form(content_type: str) -> bool:
-    """Whether a ``Content-Type`` header value is ``multipart/form-data``."""
-    return content_type[:19].lower() == "multipart/form-data"
+    """Whether a ``Content-Type`` header value is ``multipart/form-data`` (the same test
+    as ``request.mimetype == "multipart/form-data"``, without parsing the parameters)."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "multipart/form-data"
 
 
 def multipart_body_limit(limits: LimitsSettings) -> int:

@@ -7,8 +7,8 @@ with a token that has the ``admin`` scope, checked by the API's own
 limit on failed attempts included).
 
 A page asked for without a session redirects to the sign-in form; the script's JSON
-endpoints answer 401 instead. Every request that changes something (any method but GET
-and HEAD) must come from the console's own pages: a cross-site ``Origin`` or
+endpoints answer 401 instead. Every request that changes something (any method but GET,
+HEAD and OPTIONS) must come from the console's own pages: a cross-site ``Origin`` or
 ``Sec-Fetch-Site`` is refused, and so is a missing or wrong CSRF token (the sign-in form,
 which has no session yet, relies on the first two).
 

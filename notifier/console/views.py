@@ -192,7 +192,7 @@ async def template_page(name: str) -> str:
         info=info,
         context_text=context_text,
         example_error=example_error,
-        version=template_version(store.directory),
+        version=_directory_fingerprint(store.directory),
     )
 
 
@@ -202,7 +202,7 @@ async def template_version_view(name: str) -> dict[str, Any]:
     """What the preview polls: it renders again when this changes."""
     store = _renderer().templates
     info = store.info(_template_name(name))
-    return {"version": template_version(store.directory), "valid": info.error is None}
+    return {"version": _directory_fingerprint(store.directory), "valid": info.error is None}
 
 
 @console.post("/templates/<name>/preview")
@@ -277,7 +277,7 @@ def _with_inline_images(data: bytes, html: str) -> str:
     return html
 
 
-def template_version(directory: Path) -> str:
+def _directory_fingerprint(directory: Path) -> str:
     """A fingerprint of the templates directory (names, sizes, modification times): it
     changes when a template, an include or an example is edited, added or removed."""
     digest = hashlib.sha256()
