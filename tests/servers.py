@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import selectors
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,3 +147,25 @@ class ServeProcess:
                 self.process.wait()
         self._close_log()
         return self.process.returncode
+
+
+@contextlib.asynccontextmanager
+async def healthz_probe(http: httpx.AsyncClient) -> AsyncIterator[list[float]]:
+    """Ask ``GET /healthz`` every 20 ms while the block runs: the list it yields fills
+    with the seconds each answer took (a stalled event loop shows as a long one)."""
+    times: list[float] = []
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            assert (await http.get("/healthz")).status_code == 200
+            times.append(time.perf_counter() - started)
+            await asyncio.sleep(0.02)
+
+    prober = asyncio.create_task(probe())
+    try:
+        yield times
+    finally:
+        done.set()
+        await prober

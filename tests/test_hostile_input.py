@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from quart.typing import TestClientProtocol as QuartClient
 
-from tests.servers import ServeProcess
+from tests.servers import ServeProcess, healthz_probe
 from tests.test_api_bad_input import BURGER, assert_problem
 from tests.test_cli import notifier
 
@@ -304,8 +304,6 @@ async def test_healthz_answers_within_a_second_while_the_worst_requests_run(
     hostile_serve: ServeProcess, burger_order: dict[str, Any]
 ) -> None:
     results: list[tuple[str, int, float]] = []
-    health_times: list[float] = []
-    done = asyncio.Event()
 
     async with httpx.AsyncClient(base_url=hostile_serve.url, timeout=30) as http:
 
@@ -316,18 +314,9 @@ async def test_healthz_answers_within_a_second_while_the_worst_requests_run(
             if response.status_code >= 400:
                 assert response.headers["content-type"] == "application/problem+json"
 
-        async def probe() -> None:
-            while not done.is_set():
-                started = time.perf_counter()
-                assert (await http.get("/healthz")).status_code == 200
-                health_times.append(time.perf_counter() - started)
-                await asyncio.sleep(0.02)
-
-        prober = asyncio.create_task(probe())
-        # Twice over, all at once: more slow renders than render threads.
-        await asyncio.gather(*(hostile(p, b) for p, b in hostile_requests(burger_order) * 2))
-        done.set()
-        await prober
+        async with healthz_probe(http) as health_times:
+            # Twice over, all at once: more slow renders than render threads.
+            await asyncio.gather(*(hostile(p, b) for p, b in hostile_requests(burger_order) * 2))
 
     assert len(health_times) > 10
     assert max(health_times) < 1.0, f"/healthz took {max(health_times):.2f} s"

@@ -35,7 +35,7 @@ from notifier.renderer import Renderer
 from notifier.sandbox import RenderBudget, SliceExhausted
 from notifier.templates import RenderedTemplate, TemplateStore
 from tests.conftest import MakeClient, finished, wait_for_status
-from tests.servers import ServeProcess
+from tests.servers import ServeProcess, healthz_probe
 from tests.test_api_bad_input import assert_problem
 from tests.test_cli import ROOT, notifier
 
@@ -303,28 +303,16 @@ def test_inlining_a_big_html_part_never_stalls_the_server(
 
 
 async def _render_big_html_while_probing(url: str) -> None:
-    health_times: list[float] = []
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         # Compiling the template takes a while; a small render first does it, and is
         # quick enough to leave the template on the event loop's fast path.
         assert (await http.post("/v1/render/report", json={"big": False})).status_code == 200
-        done = asyncio.Event()
-
-        async def probe() -> None:
-            while not done.is_set():
-                started = time.perf_counter()
-                assert (await http.get("/healthz")).status_code == 200
-                health_times.append(time.perf_counter() - started)
-                await asyncio.sleep(0.02)
-
-        prober = asyncio.create_task(probe())
-        started = time.perf_counter()
-        responses = await asyncio.gather(
-            *(http.post("/v1/render/report", json={"big": True}) for _ in range(2))
-        )
-        elapsed = time.perf_counter() - started
-        done.set()
-        await prober
+        async with healthz_probe(http) as health_times:
+            started = time.perf_counter()
+            responses = await asyncio.gather(
+                *(http.post("/v1/render/report", json={"big": True}) for _ in range(2))
+            )
+            elapsed = time.perf_counter() - started
     for response in responses:
         assert response.status_code == 200, response.text
         html_part = parse(response.content).get_body(preferencelist=("html",))
